@@ -1,0 +1,7 @@
+"""``python -m sipauth``."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,74 @@
+"""The digest algorithms of RFC 7616 section 3.3 and RFC 8760 section 2.
+
+One table from base algorithm to hash function; each ``-sess`` variant is
+derived from its base rather than listed again (RFC 7616 section 3.4.2).
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+from collections.abc import Callable
+
+from .errors import UnsupportedAlgorithm
+
+__all__ = ["Algorithm"]
+
+_HASHES: dict[str, Callable[[bytes], str]] = {
+    "MD5": lambda data: hashlib.md5(data, usedforsecurity=False).hexdigest(),
+    "SHA-256": lambda data: hashlib.sha256(data).hexdigest(),
+    # RFC 7616 section 3.2: SHA-512/256 is SHA-512 with other initial values,
+    # truncated to 256 bits; it is not a truncated plain SHA-512.
+    "SHA-512-256": lambda data: hashlib.new("sha512_256", data).hexdigest(),
+}
+
+_SESS = "-sess"
+
+
+class Algorithm(enum.Enum):
+    """An algorithm token as it appears on the wire (RFC 7616 section 3.3)."""
+
+    MD5 = "MD5"
+    MD5_SESS = "MD5-sess"
+    SHA_256 = "SHA-256"
+    SHA_256_SESS = "SHA-256-sess"
+    SHA_512_256 = "SHA-512-256"
+    SHA_512_256_SESS = "SHA-512-256-sess"
+
+    @property
+    def token(self) -> str:
+        """The token written in challenges, e.g. ``SHA-256-sess``."""
+        return self.value
+
+    @property
+    def base(self) -> Algorithm:
+        """The algorithm without ``-sess``: HA1s are stored per base algorithm."""
+        return Algorithm(self.value.removesuffix(_SESS))
+
+    @property
+    def is_session(self) -> bool:
+        """Whether HA1 is re-keyed with the nonces (RFC 7616 section 3.4.2)."""
+        return self.value.endswith(_SESS)
+
+    @property
+    def hash_name(self) -> str:
+        """Name of the hash function, e.g. ``SHA-256`` for ``SHA-256-sess``."""
+        return self.base.value
+
+    @property
+    def digest_hex_length(self) -> int:
+        """Length of H(...) in hex digits: 32 for MD5, 64 otherwise."""
+        return 32 if self.base is Algorithm.MD5 else 64
+
+    def h(self, data: bytes) -> str:
+        """H(data) as lowercase hex (RFC 7616 section 3.4)."""
+        return _HASHES[self.hash_name](data)
+
+    @classmethod
+    def parse(cls, token: str) -> Algorithm:
+        """Look up a wire token case-insensitively (RFC 7616: tokens are case-insensitive)."""
+        folded = token.casefold()
+        for algorithm in cls:
+            if algorithm.value.casefold() == folded:
+                return algorithm
+        raise UnsupportedAlgorithm(f"unsupported digest algorithm {token[:40]!r}")

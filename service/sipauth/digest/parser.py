@@ -1,0 +1,211 @@
+r"""Parse the value of an Authorization / Proxy-Authorization header.
+
+RFC 3261 section 25.1 (SIP's grammar for the same RFC 2617 credentials)::
+
+    credentials      =  ("Digest" LWS digest-response) / other-response
+    digest-response  =  dig-resp *(COMMA dig-resp)
+    dig-resp         =  username / realm / nonce / digest-uri
+                        / dresponse / algorithm / cnonce
+                        / opaque / message-qop
+                        / nonce-count / auth-param
+    auth-param       =  auth-param-name EQUAL ( token / quoted-string )
+    nc-value         =  8LHEX
+    quoted-string    =  SWS DQUOTE *(qdtext / quoted-pair ) DQUOTE
+    qdtext           =  LWS / %x21 / %x23-5B / %x5D-7E / UTF8-NONASCII
+    quoted-pair      =  "\\" (%x00-09 / %x0B-0C / %x0E-7F)
+    token            =  1*(alphanum / "-" / "." / "!" / "%" / "*"
+                        / "_" / "+" / "`" / "'" / "~" )
+
+RFC 7616 section 3.4 adds ``userhash`` and ``username*`` (section 3.4.4,
+an RFC 8187 ext-value). Tolerant where real phones differ harmlessly (names
+in any case, quoted or bare values, folded whitespace); strict where a
+difference could change the meaning (duplicate parameters, control
+characters, unbalanced quotes, malformed ``nc``). Every size is bounded.
+"""
+
+from __future__ import annotations
+
+import re
+import urllib.parse
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from .algorithms import Algorithm
+from .errors import MalformedCredentials
+
+__all__ = ["Credentials", "Limits", "parse_credentials"]
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Bounds on untrusted input; anything larger is refused before parsing."""
+
+    max_header_length: int = 8192
+    max_parameters: int = 32
+    max_value_length: int = 2048
+
+
+DEFAULT_LIMITS = Limits()
+
+_TCHARS = r"[A-Za-z0-9\-.!%*_+`'~]+"
+# One parameter: name, "=", a quoted-string (escapes allowed) or a token-ish
+# bare value, then a comma or the end. Bare values accept a few characters
+# beyond RFC 3261's token ("/", ":", "@") because phones send bare URIs.
+_PARAM = re.compile(
+    r"[ \t]*(?P<name>" + _TCHARS + r")[ \t]*=[ \t]*"
+    r"(?:\"(?P<quoted>(?:[^\"\\\x00-\x08\x0a-\x1f\x7f]|\\[^\x0a\x0d])*)\""
+    r"|(?P<bare>[A-Za-z0-9\-.!%*_+`'~/:@]+))"
+    r"[ \t]*(?P<sep>,|$)"
+)
+_SCHEME = re.compile(r"[ \t]*Digest[ \t]+", re.IGNORECASE)
+_FOLD = re.compile(r"\r\n[ \t]+")
+_UNESCAPE = re.compile(r"\\(.)")
+_NC = re.compile(r"[0-9A-Fa-f]{8}")
+_HEX = re.compile(r"[0-9a-f]+")
+# RFC 8187 ext-value: charset "'" [ language ] "'" value-chars
+_EXT_VALUE = re.compile(r"(?P<charset>[A-Za-z0-9!#$%&+\-^_`{}~]+)'[A-Za-z0-9\-]*'(?P<chars>[A-Za-z0-9!#$&+\-.^_`|~%]*)")
+
+_MANDATORY = ("realm", "nonce", "uri", "response")
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """A parsed digest response. Values are unquoted; names are lower case."""
+
+    username: str
+    realm: str
+    nonce: str
+    uri: str
+    response: str
+    algorithm: Algorithm
+    qop: str | None = None
+    cnonce: str | None = None
+    nc: int | None = None
+    #: nc exactly as sent: it enters the hash as written (RFC 7616 section 3.4.1).
+    nc_value: str | None = None
+    opaque: str | None = None
+    #: The username is H(username ":" realm) (RFC 7616 section 3.4.4).
+    userhash: bool = False
+    #: The ``algorithm`` parameter was present (absent means MD5).
+    algorithm_explicit: bool = False
+    #: Every parameter as received (lower-case names), auth-params included.
+    params: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+
+
+def _unquote(raw: str) -> str:
+    return _UNESCAPE.sub(r"\1", raw) if "\\" in raw else raw
+
+
+def _decode_ext_value(raw: str) -> str:
+    """Decode an RFC 8187 ext-value such as ``UTF-8''J%C3%A4s%C3%B8n``."""
+    match = _EXT_VALUE.fullmatch(raw)
+    if match is None or match["charset"].upper() != "UTF-8":
+        raise MalformedCredentials("username* must be an RFC 8187 ext-value in UTF-8")
+    try:
+        return urllib.parse.unquote(match["chars"], encoding="utf-8", errors="strict")
+    except UnicodeDecodeError as exc:
+        raise MalformedCredentials("username* is not valid UTF-8") from exc
+
+
+def _split_params(text: str, limits: Limits) -> dict[str, str]:
+    params: dict[str, str] = {}
+    pos = 0
+    end = len(text)
+    while pos < end:
+        match = _PARAM.match(text, pos)
+        if match is None:
+            raise MalformedCredentials(f"unparseable digest parameter at offset {pos}")
+        name = match["name"].lower()
+        quoted = match["quoted"]
+        value = _unquote(quoted) if quoted is not None else match["bare"]
+        if name in params:
+            raise MalformedCredentials(f"duplicate digest parameter {name!r}")
+        if len(value) > limits.max_value_length:
+            raise MalformedCredentials(f"digest parameter {name!r} is longer than {limits.max_value_length}")
+        if len(params) >= limits.max_parameters:
+            raise MalformedCredentials(f"more than {limits.max_parameters} digest parameters")
+        params[name] = value
+        pos = match.end()
+        if match["sep"] == "," and pos >= end:
+            raise MalformedCredentials("trailing comma after the last digest parameter")
+    return params
+
+
+def parse_credentials(header: str, limits: Limits = DEFAULT_LIMITS) -> Credentials:
+    """Parse ``Digest k=v, ...`` into :class:`Credentials`.
+
+    Raises :class:`MalformedCredentials` for anything that is not a complete
+    digest response, and :class:`~sipauth.digest.errors.UnsupportedAlgorithm`
+    for a well-formed response naming an algorithm we do not implement.
+    """
+    if not isinstance(header, str):
+        raise MalformedCredentials("credentials must be text")
+    if len(header) > limits.max_header_length:
+        raise MalformedCredentials(f"credentials longer than {limits.max_header_length} characters")
+    if "\x00" in header:
+        raise MalformedCredentials("credentials contain a NUL character")
+    text = _FOLD.sub(" ", header).rstrip(" \t")
+    if "\r" in text or "\n" in text:
+        raise MalformedCredentials("credentials contain a bare line break")
+    scheme = _SCHEME.match(text)
+    if scheme is None:
+        raise MalformedCredentials("credentials do not use the Digest scheme")
+    params = _split_params(text[scheme.end() :], limits)
+
+    missing = [name for name in _MANDATORY if name not in params]
+    if "username" not in params and "username*" not in params:
+        missing.insert(0, "username")
+    if missing:
+        raise MalformedCredentials(f"missing digest parameter(s): {', '.join(missing)}")
+    if "username" in params and "username*" in params:
+        raise MalformedCredentials("username and username* are mutually exclusive")
+    username = params["username"] if "username" in params else _decode_ext_value(params["username*"])
+
+    response = params["response"].lower()
+    if not _HEX.fullmatch(response) or len(response) not in (32, 64):
+        raise MalformedCredentials("response is not a 32 or 64 digit hex digest")
+
+    qop = params.get("qop")
+    cnonce = params.get("cnonce")
+    nc_value = params.get("nc")
+    nc: int | None = None
+    if qop is not None:
+        qop = qop.lower()
+        if not qop:
+            raise MalformedCredentials("qop is empty")
+        if cnonce is None or nc_value is None:
+            # RFC 7616 section 3.4: cnonce and nc MUST be sent when qop is.
+            raise MalformedCredentials("qop requires both cnonce and nc")
+    if nc_value is not None:
+        if not _NC.fullmatch(nc_value):
+            raise MalformedCredentials("nc must be exactly 8 hex digits")
+        nc = int(nc_value, 16)
+        if nc == 0:
+            raise MalformedCredentials("nc must be at least 00000001")
+    if cnonce is not None and not cnonce:
+        raise MalformedCredentials("cnonce is empty")
+
+    userhash_raw = params.get("userhash", "false").lower()
+    if userhash_raw not in ("true", "false"):
+        raise MalformedCredentials("userhash must be true or false")
+
+    algorithm_raw = params.get("algorithm")
+    algorithm = Algorithm.parse(algorithm_raw) if algorithm_raw is not None else Algorithm.MD5
+
+    return Credentials(
+        username=username,
+        realm=params["realm"],
+        nonce=params["nonce"],
+        uri=params["uri"],
+        response=response,
+        algorithm=algorithm,
+        qop=qop,
+        cnonce=cnonce,
+        nc=nc,
+        nc_value=nc_value,
+        opaque=params.get("opaque"),
+        userhash=userhash_raw == "true",
+        algorithm_explicit=algorithm_raw is not None,
+        params=MappingProxyType(params),
+    )

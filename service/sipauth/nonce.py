@@ -1,0 +1,168 @@
+"""Stateless nonces: minted and checked with HMAC, no storage needed to issue one.
+
+A nonce is ``base64url(header | mac)`` where::
+
+    header = version (1) | key id (4) | algorithm (1) | expires-at ms (8) | random (12)
+    mac    = HMAC-SHA256(key, header | realm | source_ip | call_id)[:16]
+
+(the three strings are length-prefixed). So a forged or altered nonce is
+refused without any round trip; an expired but genuine one is told apart
+from a forged one (the UA gets ``stale=true``); the nonce is bound to the
+realm, to the algorithm it was offered with (RFC 8760 section 3: no
+downgrade) and to the configured bindings. Keys are identified by a hash of
+the secret, so replicas given the same secrets agree on ids with no extra
+setting; the first key mints, all keys verify (rotation).
+
+Pure code: time and randomness are arguments.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import os
+import struct
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from .digest.algorithms import Algorithm
+
+__all__ = [
+    "NONCE_LENGTH",
+    "NonceBinding",
+    "NonceForged",
+    "NonceKeyring",
+    "OpenedNonce",
+]
+
+_VERSION = 1
+_HEADER = struct.Struct(">B4sBQ12s")
+_MAC_BYTES = 16
+_RAW_LENGTH = _HEADER.size + _MAC_BYTES
+#: Length of every nonce minted here, in characters.
+NONCE_LENGTH = len(base64.urlsafe_b64encode(b"\0" * _RAW_LENGTH))
+_ALGORITHMS = tuple(Algorithm)
+_ALGORITHM_CODES = {algorithm: code for code, algorithm in enumerate(_ALGORITHMS)}
+_MIN_SECRET_BYTES = 32
+
+
+class NonceForged(ValueError):
+    """The nonce was not minted by any configured key for this context."""
+
+    reason = "nonce_forged"
+
+
+@dataclass(frozen=True, slots=True)
+class NonceBinding:
+    """What a nonce is bound to besides its key: the realm and optional request facts.
+
+    Leave ``source_ip`` / ``call_id`` empty when that binding is not configured.
+    """
+
+    realm: str
+    source_ip: str = ""
+    call_id: str = ""
+
+    def encode(self) -> bytes:
+        """Length-prefixed UTF-8, so no two bindings encode alike."""
+        out = bytearray()
+        for text in (self.realm, self.source_ip, self.call_id):
+            data = text.encode("utf-8", "surrogatepass")
+            out += struct.pack(">I", len(data)) + data
+        return bytes(out)
+
+
+@dataclass(frozen=True, slots=True)
+class OpenedNonce:
+    """A nonce whose MAC checked out."""
+
+    algorithm: Algorithm
+    expires_at: float
+    key_id: bytes
+    #: Stable, unique, printable id for the replay store (the MAC, base64url).
+    replay_id: str
+
+    def expired(self, now: float) -> bool:
+        """Whether the nonce's lifetime is over at ``now`` (seconds since the epoch)."""
+        return now >= self.expires_at
+
+    def remaining(self, now: float) -> float:
+        """Seconds of life left at ``now`` (0 when expired)."""
+        return max(0.0, self.expires_at - now)
+
+
+@dataclass(frozen=True, slots=True)
+class _Key:
+    key_id: bytes
+    mac: hmac.HMAC
+
+
+def _derive(secret: bytes) -> _Key:
+    key_id = hashlib.sha256(b"sipauth nonce key id v1\0" + secret).digest()[:4]
+    mac_key = hmac.new(secret, b"sipauth nonce mac v1", hashlib.sha256).digest()
+    return _Key(key_id, hmac.new(mac_key, digestmod=hashlib.sha256))
+
+
+class NonceKeyring:
+    """Mints nonces with the first key and opens nonces of any key."""
+
+    def __init__(self, secrets: Sequence[bytes], random_bytes: Callable[[int], bytes] = os.urandom) -> None:
+        if not secrets:
+            raise ValueError("at least one nonce key is required")
+        keys = []
+        for index, secret in enumerate(secrets):
+            if len(secret) < _MIN_SECRET_BYTES:
+                raise ValueError(f"nonce key #{index + 1} is shorter than {_MIN_SECRET_BYTES} bytes")
+            keys.append(_derive(secret))
+        self._by_id = {key.key_id: key for key in keys}
+        if len(self._by_id) != len(keys):
+            raise ValueError("the same nonce key is configured twice")
+        self._minting = keys[0]
+        self._random = random_bytes
+
+    @property
+    def key_ids(self) -> tuple[str, ...]:
+        """Printable ids of the configured keys, minting key first (safe to log)."""
+        return tuple(key_id.hex() for key_id in self._by_id)
+
+    def _mac(self, key: _Key, header: bytes, binding: NonceBinding) -> bytes:
+        mac = key.mac.copy()
+        mac.update(header)
+        mac.update(binding.encode())
+        return mac.digest()[:_MAC_BYTES]
+
+    def mint(self, binding: NonceBinding, algorithm: Algorithm, *, now: float, ttl: float) -> str:
+        """A fresh nonce for ``algorithm`` that expires ``ttl`` seconds after ``now``."""
+        key = self._minting
+        expires_ms = int((now + ttl) * 1000)
+        header = _HEADER.pack(_VERSION, key.key_id, _ALGORITHM_CODES[algorithm], expires_ms, self._random(12))
+        raw = header + self._mac(key, header, binding)
+        return base64.urlsafe_b64encode(raw).decode("ascii")
+
+    def open(self, nonce: str, binding: NonceBinding) -> OpenedNonce:
+        """Check a nonce's MAC for ``binding``; raise :class:`NonceForged` if it fails.
+
+        Expiry is not checked here: a genuine expired nonce is a different
+        outcome (stale) from a forged one, so the caller decides with ``now``.
+        """
+        if len(nonce) != NONCE_LENGTH or not nonce.isascii():
+            raise NonceForged("nonce has the wrong length")
+        try:
+            raw = base64.b64decode(nonce, altchars=b"-_", validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise NonceForged("nonce is not base64url") from exc
+        header, mac = raw[: _HEADER.size], raw[_HEADER.size :]
+        version, key_id, algorithm_code, expires_ms, _random = _HEADER.unpack(header)
+        key = self._by_id.get(key_id)
+        if version != _VERSION or key is None or algorithm_code >= len(_ALGORITHMS):
+            raise NonceForged("nonce was not minted by a configured key")
+        if not hmac.compare_digest(mac, self._mac(key, header, binding)):
+            raise NonceForged("nonce MAC does not match")
+        return OpenedNonce(
+            algorithm=_ALGORITHMS[algorithm_code],
+            expires_at=expires_ms / 1000,
+            key_id=key_id,
+            replay_id=base64.urlsafe_b64encode(mac).decode("ascii").rstrip("="),
+        )

@@ -1,0 +1,217 @@
+"""The thin gRPC layer: proto in, one call into the Authenticator, proto out.
+
+Faults are mapped here, once: InvalidRequest -> INVALID_ARGUMENT,
+BackendUnavailable -> UNAVAILABLE, anything else -> INTERNAL without
+details. Requests that cannot even be decoded (for example a string field
+holding bytes that are not UTF-8) are INVALID_ARGUMENT too, not gRPC's
+default INTERNAL: see ``_decoder``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf.message import DecodeError, Message
+
+from sipauth_client.v1 import auth_pb2
+
+from ..authenticator import (
+    Authenticator,
+    Challenge,
+    ChallengeKind,
+    ChallengeRequest,
+    Decision,
+    Verdict,
+    VerifyRequest,
+)
+from ..credentials import Identity
+from ..digest import Algorithm
+from ..errors import BackendUnavailable, InvalidRequest
+
+__all__ = ["SERVICE_NAME", "AuthServicer", "generic_handler"]
+
+SERVICE_NAME = auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name
+log = logging.getLogger("sipauth.server")
+
+_KINDS = {
+    auth_pb2.CHALLENGE_TYPE_UNSPECIFIED: ChallengeKind.WWW,
+    auth_pb2.CHALLENGE_TYPE_WWW: ChallengeKind.WWW,
+    auth_pb2.CHALLENGE_TYPE_PROXY: ChallengeKind.PROXY,
+}
+_ALGORITHMS = {
+    auth_pb2.ALGORITHM_MD5: Algorithm.MD5,
+    auth_pb2.ALGORITHM_MD5_SESS: Algorithm.MD5_SESS,
+    auth_pb2.ALGORITHM_SHA_256: Algorithm.SHA_256,
+    auth_pb2.ALGORITHM_SHA_256_SESS: Algorithm.SHA_256_SESS,
+    auth_pb2.ALGORITHM_SHA_512_256: Algorithm.SHA_512_256,
+    auth_pb2.ALGORITHM_SHA_512_256_SESS: Algorithm.SHA_512_256_SESS,
+}
+_VERDICTS = {
+    Verdict.ACCEPT: auth_pb2.VERDICT_ACCEPT,
+    Verdict.REJECT: auth_pb2.VERDICT_REJECT,
+    Verdict.STALE: auth_pb2.VERDICT_STALE,
+    Verdict.INVALID: auth_pb2.VERDICT_INVALID,
+    Verdict.LOCKED: auth_pb2.VERDICT_LOCKED,
+    Verdict.FORBIDDEN: auth_pb2.VERDICT_FORBIDDEN,
+}
+
+M = TypeVar("M", bound=Message)
+
+
+class _Undecodable:
+    """Stands in for a request whose bytes did not decode."""
+
+
+def _decoder(message_type: type[M]) -> Callable[[bytes], M | _Undecodable]:
+    def decode(data: bytes) -> M | _Undecodable:
+        try:
+            return message_type.FromString(data)
+        except DecodeError:
+            return _Undecodable()
+
+    return decode
+
+
+def _kind(value: Any) -> ChallengeKind:
+    kind: ChallengeKind | None = _KINDS.get(value)
+    if kind is None:
+        raise InvalidRequest(f"unknown challenge type {value}")
+    return kind
+
+
+def _algorithms(values: Any) -> tuple[Algorithm, ...]:
+    out = []
+    for value in values:
+        algorithm = _ALGORITHMS.get(value)
+        if algorithm is None:
+            raise InvalidRequest(f"unknown algorithm {value}")
+        out.append(algorithm)
+    return tuple(out)
+
+
+def challenge_to_proto(challenge: Challenge) -> auth_pb2.IssueChallengeResponse:
+    """Domain challenge -> proto."""
+    return auth_pb2.IssueChallengeResponse(
+        status_code=challenge.status_code,
+        header_name=challenge.header_name,
+        header_values=challenge.header_values,
+        nonce_ttl_seconds=challenge.nonce_ttl_seconds,
+    )
+
+
+def _identity_to_proto(identity: Identity) -> auth_pb2.Identity:
+    return auth_pb2.Identity(
+        display_name=identity.display_name,
+        sip_uri=identity.sip_uri,
+        groups=identity.groups,
+        attributes=dict(identity.attributes),
+    )
+
+
+def decision_to_proto(decision: Decision) -> auth_pb2.VerifyResponseResponse:
+    """Domain decision -> proto."""
+    response = auth_pb2.VerifyResponseResponse(
+        verdict=_VERDICTS[decision.verdict],
+        username=decision.username,
+        status_code=decision.status_code,
+        authentication_info=decision.authentication_info,
+        reason=decision.reason,
+    )
+    if decision.challenge is not None:
+        response.challenge.CopyFrom(challenge_to_proto(decision.challenge))
+    if decision.identity is not None:
+        response.identity.CopyFrom(_identity_to_proto(decision.identity))
+    return response
+
+
+class AuthServicer:
+    """sipauth.v1.AuthService on top of an Authenticator."""
+
+    def __init__(self, authenticator: Authenticator) -> None:
+        self._authenticator = authenticator
+
+    async def issue_challenge(
+        self, request: auth_pb2.IssueChallengeRequest | _Undecodable, context: grpc.aio.ServicerContext
+    ) -> auth_pb2.IssueChallengeResponse:
+        """IssueChallenge."""
+
+        async def call() -> auth_pb2.IssueChallengeResponse:
+            assert isinstance(request, auth_pb2.IssueChallengeRequest)
+            challenge = self._authenticator.issue_challenge(
+                ChallengeRequest(
+                    method=request.method,
+                    realm=request.realm,
+                    kind=_kind(request.type),
+                    request_uri=request.request_uri,
+                    source_ip=request.source_ip,
+                    call_id=request.call_id,
+                    algorithms=_algorithms(request.algorithms),
+                )
+            )
+            return challenge_to_proto(challenge)
+
+        return await _guarded(request, context, call)
+
+    async def verify_response(
+        self, request: auth_pb2.VerifyResponseRequest | _Undecodable, context: grpc.aio.ServicerContext
+    ) -> auth_pb2.VerifyResponseResponse:
+        """VerifyResponse."""
+
+        async def call() -> auth_pb2.VerifyResponseResponse:
+            assert isinstance(request, auth_pb2.VerifyResponseRequest)
+            decision = await self._authenticator.verify(
+                VerifyRequest(
+                    method=request.method,
+                    request_uri=request.request_uri,
+                    authorization=request.authorization,
+                    body=request.body,
+                    realm=request.realm,
+                    kind=_kind(request.type),
+                    source_ip=request.source_ip,
+                    call_id=request.call_id,
+                )
+            )
+            return decision_to_proto(decision)
+
+        return await _guarded(request, context, call)
+
+
+async def _guarded(request: object, context: grpc.aio.ServicerContext, call: Callable[[], Awaitable[M]]) -> M:
+    """Run ``call`` and map every failure to one status code."""
+    if isinstance(request, _Undecodable):
+        code, details = grpc.StatusCode.INVALID_ARGUMENT, "request is not a valid protobuf message"
+    else:
+        try:
+            return await call()
+        except InvalidRequest as exc:
+            code, details = grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+        except BackendUnavailable as exc:
+            log.warning("backend unavailable: %s", exc)
+            code, details = grpc.StatusCode.UNAVAILABLE, "a backend is unavailable"
+        except Exception:
+            log.exception("internal error")
+            code, details = grpc.StatusCode.INTERNAL, "internal error"
+    await context.abort(code, details)
+    raise AssertionError("unreachable: abort raises")
+
+
+def generic_handler(servicer: AuthServicer) -> grpc.GenericRpcHandler:
+    """The service's method table, with decoders that turn bad bytes into INVALID_ARGUMENT."""
+    return grpc.method_handlers_generic_handler(
+        SERVICE_NAME,
+        {
+            "IssueChallenge": grpc.unary_unary_rpc_method_handler(
+                servicer.issue_challenge,
+                request_deserializer=_decoder(auth_pb2.IssueChallengeRequest),
+                response_serializer=auth_pb2.IssueChallengeResponse.SerializeToString,
+            ),
+            "VerifyResponse": grpc.unary_unary_rpc_method_handler(
+                servicer.verify_response,
+                request_deserializer=_decoder(auth_pb2.VerifyResponseRequest),
+                response_serializer=auth_pb2.VerifyResponseResponse.SerializeToString,
+            ),
+        },
+    )
