@@ -353,8 +353,8 @@ class Authenticator:
             matched = self._matches(record, credentials, request, policy.realm)
         if not matched or record is None:
             return self._refuse(ctx, Verdict.REJECT, "bad_credentials")
-        if record.disabled:
-            return self._refuse(ctx, Verdict.FORBIDDEN, "account_disabled", username=credentials.username)
+        if record.refusal is not None:
+            return self._refuse(ctx, Verdict.FORBIDDEN, record.refusal, username=credentials.username)
 
         now = self.clock()
         if nonce.expired(now):

@@ -34,7 +34,10 @@ class UserRecord:
     ha1: Mapping[tuple[str, Algorithm], str] = field(default_factory=lambda: MappingProxyType({}), repr=False)
     password: str | None = field(default=None, repr=False)
     identity: Identity = field(default_factory=Identity)
-    disabled: bool = False
+    #: Why the account may not use the service even with correct credentials
+    #: (verdict FORBIDDEN with this reason): ``account_disabled``,
+    #: ``account_locked``, ``group_required``. None: it may.
+    refusal: str | None = None
 
     def ha1_for(self, algorithm: Algorithm, realm: str, username_as_sent: str) -> str | None:
         """The HA1 to verify an answer with ``algorithm`` in ``realm``, or None if there is none.

@@ -82,7 +82,7 @@ def _record(username: str, user: _User, default_realm: str) -> UserRecord:
             groups=tuple(user.groups),
             attributes=MappingProxyType(dict(user.attributes)),
         ),
-        disabled=user.disabled,
+        refusal="account_disabled" if user.disabled else None,
     )
 
 
