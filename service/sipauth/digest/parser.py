@@ -132,6 +132,30 @@ def _split_params(text: str, limits: Limits) -> dict[str, str]:
     return params
 
 
+def _qop_and_nc(params: dict[str, str]) -> tuple[str | None, int | None]:
+    """Check qop, nc and cnonce together; return qop (lower case) and nc as a number."""
+    qop = params.get("qop")
+    cnonce = params.get("cnonce")
+    nc_value = params.get("nc")
+    nc: int | None = None
+    if qop is not None:
+        qop = qop.lower()
+        if not qop:
+            raise MalformedCredentials("qop is empty")
+        if cnonce is None or nc_value is None:
+            # RFC 7616 section 3.4: cnonce and nc MUST be sent when qop is.
+            raise MalformedCredentials("qop requires both cnonce and nc")
+    if nc_value is not None:
+        if not _NC.fullmatch(nc_value):
+            raise MalformedCredentials("nc must be exactly 8 hex digits")
+        nc = int(nc_value, 16)
+        if nc == 0:
+            raise MalformedCredentials("nc must be at least 00000001")
+    if cnonce is not None and not cnonce:
+        raise MalformedCredentials("cnonce is empty")
+    return qop, nc
+
+
 def parse_credentials(header: str, limits: Limits = DEFAULT_LIMITS) -> Credentials:
     """Parse ``Digest k=v, ...`` into :class:`Credentials`.
 
@@ -145,6 +169,11 @@ def parse_credentials(header: str, limits: Limits = DEFAULT_LIMITS) -> Credentia
         raise MalformedCredentials(f"credentials longer than {limits.max_header_length} characters")
     if "\x00" in header:
         raise MalformedCredentials("credentials contain a NUL character")
+    if not header.isascii():
+        try:
+            header.encode("utf-8")
+        except UnicodeEncodeError:
+            raise MalformedCredentials("credentials are not valid Unicode text") from None
     text = _FOLD.sub(" ", header).rstrip(" \t")
     if "\r" in text or "\n" in text:
         raise MalformedCredentials("credentials contain a bare line break")
@@ -166,25 +195,7 @@ def parse_credentials(header: str, limits: Limits = DEFAULT_LIMITS) -> Credentia
     if not _HEX.fullmatch(response) or len(response) not in (32, 64):
         raise MalformedCredentials("response is not a 32 or 64 digit hex digest")
 
-    qop = params.get("qop")
-    cnonce = params.get("cnonce")
-    nc_value = params.get("nc")
-    nc: int | None = None
-    if qop is not None:
-        qop = qop.lower()
-        if not qop:
-            raise MalformedCredentials("qop is empty")
-        if cnonce is None or nc_value is None:
-            # RFC 7616 section 3.4: cnonce and nc MUST be sent when qop is.
-            raise MalformedCredentials("qop requires both cnonce and nc")
-    if nc_value is not None:
-        if not _NC.fullmatch(nc_value):
-            raise MalformedCredentials("nc must be exactly 8 hex digits")
-        nc = int(nc_value, 16)
-        if nc == 0:
-            raise MalformedCredentials("nc must be at least 00000001")
-    if cnonce is not None and not cnonce:
-        raise MalformedCredentials("cnonce is empty")
+    qop, nc = _qop_and_nc(params)
 
     userhash_raw = params.get("userhash", "false").lower()
     if userhash_raw not in ("true", "false"):
@@ -201,9 +212,9 @@ def parse_credentials(header: str, limits: Limits = DEFAULT_LIMITS) -> Credentia
         response=response,
         algorithm=algorithm,
         qop=qop,
-        cnonce=cnonce,
+        cnonce=params.get("cnonce"),
         nc=nc,
-        nc_value=nc_value,
+        nc_value=params.get("nc"),
         opaque=params.get("opaque"),
         userhash=userhash_raw == "true",
         algorithm_explicit=algorithm_raw is not None,
