@@ -183,7 +183,7 @@ def _field(number: int, payload: bytes) -> bytes:
     ],
 )
 async def test_undecodable_requests_are_invalid_argument(server: RunningServer, raw: bytes) -> None:
-    """Bytes that are not a valid request (non-UTF-8 strings, bad lengths, wrong types) get INVALID_ARGUMENT or a verdict."""
+    """Bytes that are not a valid request (non-UTF-8, bad lengths, wrong types): INVALID_ARGUMENT or a verdict."""
     async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         call = channel.unary_unary("/sipauth.v1.AuthService/VerifyResponse")
         try:
