@@ -2,6 +2,8 @@
 # Set up a development machine for sipauth (used by the Makefile).
 #   setup.sh venv VENV              create VENV with Python >= 3.11 and install sipauth + client + dev tools
 #   setup.sh packages BIN:PKG ...   install the Debian package PKG for each missing command BIN
+#                                   (BIN "dpkg": install PKG unless dpkg lists it as installed)
+#   setup.sh kamailio-venv DIR      venv of Debian's /usr/bin/python3 (Kamailio's embedded Python) with the client
 # Installs Debian packages only as root or with passwordless sudo; otherwise it
 # stops and prints the exact command to run.
 set -eu
@@ -68,7 +70,10 @@ cmd_packages() {
     missing=""
     for pair in "$@"; do
         bin=${pair%%:*}; pkg=${pair#*:}
-        if ! command -v "$bin" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$bin" ]; then
+        if [ "$bin" = dpkg ]; then
+            dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" && continue
+            case " $missing " in *" $pkg "*) ;; *) missing="$missing $pkg" ;; esac
+        elif ! command -v "$bin" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$bin" ]; then
             case " $missing " in *" $pkg "*) ;; *) missing="$missing $pkg" ;; esac
         fi
     done
@@ -76,8 +81,25 @@ cmd_packages() {
     [ -z "$missing" ] || apt_install $missing
 }
 
+cmd_kamailio_venv() {
+    venv=$1
+    # app_python3 embeds this interpreter, whatever the PATH says.
+    python=/usr/bin/python3
+    [ -x "$python" ] || apt_install python3
+    if [ ! -x "$venv/bin/python" ]; then
+        if ! "$python" -m venv "$venv" 2>/dev/null; then
+            rm -rf "$venv"
+            apt_install python3-venv
+            "$python" -m venv "$venv"
+        fi
+    fi
+    # Editable: the tests run the client as it is in the working tree.
+    "$venv/bin/python" -m pip install -q -e clients/python
+}
+
 case "${1:-}" in
     venv) shift; cmd_venv "$@" ;;
+    kamailio-venv) shift; cmd_kamailio_venv "$@" ;;
     packages) shift; cmd_packages "$@" ;;
-    *) die "usage: setup.sh venv VENV | packages BIN:PKG ..." ;;
+    *) die "usage: setup.sh venv VENV | kamailio-venv DIR | packages BIN:PKG ..." ;;
 esac

@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -15,12 +16,17 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from .authenticator import Authenticator, RequestLimits
+from .client_allowlist import ClientAllowlist
 from .config import ConfigError, Settings, parse_listen
 from .credentials import CredentialSource, UsersFile, UsersFileError
 from .digest import Limits
+from .lockout import FallbackLockoutStore, Lockout, LockoutStore, MemoryLockoutStore, RedisLockoutStore
+from .metrics import HEALTH_SERVING
 from .nonce import NonceKeyring
 from .replay import MemoryReplayGuard, ReplayGuard
 from .server import SERVICE_NAME, AuthServicer, generic_handler
+from .server.client_identity import ClientIdentityInterceptor
+from .server.tls import server_credentials
 
 __all__ = ["App", "RunningServer", "build_app", "serve", "start_server"]
 
@@ -39,26 +45,77 @@ class App:
     replay: ReplayGuard
     credentials: CredentialSource
 
+    def reload(self) -> None:
+        """SIGHUP: re-read the users file and the nonce keys; on error keep what is in force."""
+        reload_users = getattr(self.credentials, "reload", None)
+        try:
+            if reload_users is not None:
+                reload_users()
+            secrets = self.settings.nonce_secrets()
+            if secrets is not None:
+                self.authenticator.keyring = NonceKeyring(secrets)
+        except (ConfigError, ValueError) as exc:
+            log.error("reload failed: keeping the previous users and keys", extra={"error": str(exc)})  # noqa: TRY400
+            return
+        log.info("reloaded", extra={"key_ids": list(self.authenticator.keyring.key_ids)})
+
     async def close(self) -> None:
         """Release backend connections."""
         await self.replay.close()
         await self.credentials.close()
 
 
-def _replay_guard(settings: Settings) -> ReplayGuard:
-    if settings.redis.url is None:
+def replay_guard_for(settings: Settings) -> ReplayGuard:
+    """The replay guard the settings describe (memory, Redis, or Redis with a memory fallback)."""
+    redis = settings.redis
+    if not redis.enabled:
         log.info("replay state in memory: this process alone can verify its nonces' replays")
         return MemoryReplayGuard(max_entries=settings.memory_replay_max_entries)
-    from .replay.redis import connect
+    from .replay.redis import RedisEndpoint, connect
 
-    return connect(
-        settings.redis.url,
-        timeout=settings.redis.timeout_ms / 1000,
-        max_connections=settings.redis.max_connections,
+    def path(value: object) -> str | None:
+        return None if value is None else str(value)
+
+    shared = connect(
+        RedisEndpoint(
+            mode=redis.mode,
+            url=redis.url,
+            sentinels=tuple(parse_listen(address) for address in redis.sentinels),
+            master_name=redis.master_name or "",
+            nodes=tuple(parse_listen(address) for address in redis.nodes),
+            db=redis.db,
+            username=redis.username,
+            password=redis.resolved_password(),
+            sentinel_username=redis.sentinel_username,
+            sentinel_password=None if redis.sentinel_password is None else redis.sentinel_password.get_secret_value(),
+            tls=redis.tls,
+            tls_ca_file=path(redis.tls_ca_file),
+            tls_cert_file=path(redis.tls_cert_file),
+            tls_key_file=path(redis.tls_key_file),
+            timeout=redis.timeout_ms / 1000,
+            max_connections=redis.max_connections,
+            wait_replicas=redis.wait_replicas,
+        )
     )
+    log.info(
+        "replay state in Redis",
+        extra={"redis_mode": redis.mode, "failure_policy": redis.failure_policy, "timeout_ms": redis.timeout_ms},
+    )
+    if redis.failure_policy == "fail_closed":
+        return shared
+    from .replay.fallback import FallbackReplayGuard
+
+    return FallbackReplayGuard(shared, MemoryReplayGuard(max_entries=settings.memory_replay_max_entries))
 
 
 def _credential_source(settings: Settings) -> CredentialSource:
+    if settings.ldap is not None:
+        from .credentials.ldap import cached_ldap_source
+
+        try:
+            return cached_ldap_source(settings.ldap, settings.default_realm)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
     if settings.users_file is None:
         raise ConfigError("users_file: no credential source is configured")
     try:
@@ -80,16 +137,32 @@ def _keyring(settings: Settings) -> NonceKeyring:
     return keyring
 
 
+def lockout_for(settings: Settings, replay: ReplayGuard) -> Lockout | None:
+    """Brute-force counters beside the replay state: in Redis when it is configured, else in memory."""
+    policy = settings.lockout.to_policy()
+    if not policy.enabled:
+        return None
+    primary = getattr(replay, "primary", replay)
+    client = getattr(primary, "client", None)
+    if client is None:
+        return Lockout(policy, MemoryLockoutStore())
+    store: LockoutStore = RedisLockoutStore(client)
+    if primary is not replay:  # local_fallback
+        store = FallbackLockoutStore(store, MemoryLockoutStore())
+    return Lockout(policy, store)
+
+
 def build_app(settings: Settings) -> App:
     """Build every component from validated settings; raise ConfigError on a bad file."""
     credentials = _credential_source(settings)
-    replay = _replay_guard(settings)
+    replay = replay_guard_for(settings)
     authenticator = Authenticator(
         default_realm=settings.default_realm,
         policies=settings.policies(),
         keyring=_keyring(settings),
         replay=replay,
         credentials=credentials,
+        lockout=lockout_for(settings, replay),
         limits=RequestLimits(
             header=Limits(max_header_length=settings.max_header_length),
             max_body_bytes=settings.max_body_bytes,
@@ -98,19 +171,30 @@ def build_app(settings: Settings) -> App:
     return App(settings, authenticator, replay, credentials)
 
 
-async def _follow_backends(app: App, health: HealthServicer) -> None:
-    """Keep the health status in step with the backends the decision needs."""
-    last: int | None = None
+#: Health service names. Liveness is SERVING while the process runs (a dead LDAP must not get
+#: every pod restarted); readiness, "" and the service's own name follow the backends.
+LIVENESS = "liveness"
+READINESS_NAMES = ("", "readiness", SERVICE_NAME)
+
+
+async def _check_backends(app: App, health: HealthServicer, last: int | None) -> int:
+    """Set readiness from one round of backend pings; returns the status set."""
+    ok = await app.replay.ping() and await app.credentials.ping()
+    status = health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
+    if status != last:
+        if last is not None:
+            log.warning("health changed", extra={"serving": ok})
+        for name in READINESS_NAMES:
+            await health.set(name, status)
+        HEALTH_SERVING.set(1 if ok else 0)
+    return int(status)
+
+
+async def _follow_backends(app: App, health: HealthServicer, last: int) -> None:
+    """Keep readiness in step with the backends the decision needs."""
     while True:
-        ok = await app.replay.ping() and await app.credentials.ping()
-        status = health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
-        if status != last:
-            if last is not None:
-                log.warning("health changed", extra={"serving": ok})
-            for name in ("", SERVICE_NAME):
-                await health.set(name, status)
-            last = status
         await asyncio.sleep(_HEALTH_INTERVAL)
+        last = await _check_backends(app, health, last)
 
 
 @dataclass
@@ -122,6 +206,9 @@ class RunningServer:
     app: App
     health: HealthServicer
     monitor: asyncio.Task[None]
+    #: The plaintext grpc.health.v1-only server of ``health_listen``, and its port.
+    health_server: grpc.aio.Server | None = None
+    health_port: int = 0
 
     async def stop(self, grace: float) -> None:
         """Go NOT_SERVING, refuse new calls, let in-flight ones finish within ``grace``, release backends."""
@@ -130,40 +217,94 @@ class RunningServer:
             await self.monitor
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
+        if self.health_server is not None:
+            # Stopped last, so that probes see NOT_SERVING while the main port drains.
+            await self.health_server.stop(0)
         await self.app.close()
 
 
-async def start_server(settings: Settings) -> RunningServer:
-    """Build the app and start serving it on ``settings.listen`` (port 0: any free port)."""
+def _bind(server: grpc.aio.Server, field: str, listen: str, credentials: grpc.ServerCredentials | None) -> int:
+    """Add ``listen`` to ``server`` (TLS with ``credentials``); the bound port, or ConfigError naming ``field``."""
+    host, port = parse_listen(listen)
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        if credentials is None:
+            return int(server.add_insecure_port(address))
+        return int(server.add_secure_port(address, credentials))
+    except RuntimeError as exc:
+        raise ConfigError(f"{field}: cannot bind {listen}") from exc
+
+
+async def start_server(settings: Settings, *, reuse_port: bool = False) -> RunningServer:
+    """Build the app and start serving it on ``settings.listen`` (port 0: any free port).
+
+    ``reuse_port``: share the port with sibling worker processes (SO_REUSEPORT).
+    """
+    tls = settings.tls
+    credentials = None if tls is None else server_credentials(tls)[0]
+    interceptors: list[grpc.aio.ServerInterceptor] = []
+    if tls is not None and tls.client_ca_file is not None:
+        interceptors.append(ClientIdentityInterceptor(ClientAllowlist(tls.allowed_clients)))
     app = build_app(settings)
     max_message = settings.max_body_bytes + settings.max_header_length + 64 * 1024
-    server = grpc.aio.server(options=[("grpc.max_receive_message_length", max_message), ("grpc.so_reuseport", 0)])
+    server = grpc.aio.server(
+        interceptors=interceptors,
+        options=[("grpc.max_receive_message_length", max_message), ("grpc.so_reuseport", int(reuse_port))],
+    )
     server.add_generic_rpc_handlers((generic_handler(AuthServicer(app.authenticator)),))
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection((SERVICE_NAME, reflection.SERVICE_NAME, HEALTH_SERVICE_NAME), server)
-    host, port = parse_listen(settings.listen)
+    host, _ = parse_listen(settings.listen)
+    health_server, health_port = None, 0
     try:
-        bound = server.add_insecure_port(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
-    except RuntimeError as exc:
+        bound = _bind(server, "listen", settings.listen, credentials)
+        if settings.health_listen is not None:
+            # Kubernetes' gRPC probes cannot do TLS: health (no secrets in it) on its own plaintext port.
+            health_server = grpc.aio.server(options=[("grpc.so_reuseport", int(reuse_port))])
+            health_pb2_grpc.add_HealthServicer_to_server(health, health_server)
+            health_port = _bind(health_server, "health_listen", settings.health_listen, None)
+    except ConfigError:
         await app.close()
-        raise ConfigError(f"listen: cannot bind {settings.listen}") from exc
+        raise
     await server.start()
-    monitor = asyncio.create_task(_follow_backends(app, health))
-    log.info("serving", extra={"listen": f"{host}:{bound}", "realm": settings.default_realm})
-    return RunningServer(server, bound, app, health, monitor)
+    if health_server is not None:
+        await health_server.start()
+    await health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
+    monitor = asyncio.create_task(_follow_backends(app, health, await _check_backends(app, health, None)))
+    log.info(
+        "serving",
+        extra={
+            "listen": f"{host}:{bound}",
+            "realm": settings.default_realm,
+            "tls": "none" if tls is None else "mutual" if tls.client_ca_file is not None else "server",
+            "health_port": health_port or None,
+        },
+    )
+    return RunningServer(server, bound, app, health, monitor, health_server, health_port)
 
 
-async def serve(settings: Settings) -> None:
-    """Serve until SIGTERM/SIGINT, then drain in-flight calls within the grace period."""
-    running = await start_server(settings)
+async def serve(settings: Settings, *, worker: bool = False, ready_file: Path | None = None) -> None:
+    """Serve until SIGTERM/SIGINT, then drain in-flight calls within the grace period; SIGHUP reloads.
+
+    ``worker``: one of several processes under the supervisor, which serves the metrics.
+    """
+    running = await start_server(settings, reuse_port=worker)
+    if not worker and settings.metrics.listen is not None:
+        from prometheus_client import start_http_server
+
+        metrics_host, metrics_port = parse_listen(settings.metrics.listen)
+        start_http_server(metrics_port, addr=metrics_host)
     host, _ = parse_listen(settings.listen)
     # Tests and scripts read this line to learn the port when listen asks for port 0.
     print(f"sipauth listening on {host}:{running.port}", flush=True)
+    if ready_file is not None:
+        ready_file.touch()  # noqa: ASYNC240 - once at start; tells the supervisor this worker serves
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, running.app.reload)
     await stop.wait()
     log.info("draining", extra={"grace_seconds": settings.shutdown_grace_seconds})
     await running.stop(settings.shutdown_grace_seconds)

@@ -31,7 +31,8 @@ from .digest import (
     uris_match,
 )
 from .errors import InvalidRequest
-from .nonce import NonceForged, NonceKeyring
+from .lockout import Lockout
+from .nonce import NonceForged, NonceKeyring, OpenedNonce
 from .policy import RealmPolicy
 from .replay import ReplayGuard, ReplayMode
 
@@ -144,6 +145,11 @@ class Decision:
     #: The algorithm of the answer, when it could be parsed (for metrics and audit).
     algorithm: Algorithm | None = None
     realm: str = ""
+    #: The true reason, for the audit log only (``bad_credentials`` hides
+    #: ``unknown_user`` / ``wrong_password`` / ``no_ha1_for_algorithm`` from callers).
+    detail: str = ""
+    #: The user named in the credentials (also on refusals), for the audit log only.
+    claimed_user: str = ""
 
 
 @dataclass
@@ -151,6 +157,8 @@ class _Context:
     request: VerifyRequest
     policy: RealmPolicy
     credentials: Credentials | None = None
+    #: The account name once known (after userhash resolution).
+    username: str = ""
 
 
 def _dummy_key() -> bytes:
@@ -170,6 +178,7 @@ class Authenticator:
     clock: Callable[[], float] = time.time
     #: Keys the stand-in HA1 of unknown users, so they cost the same work as known ones.
     dummy_key: bytes = field(default_factory=_dummy_key, repr=False)
+    lockout: Lockout | None = None
 
     def __post_init__(self) -> None:
         if self.default_realm not in self.policies:
@@ -242,6 +251,7 @@ class Authenticator:
                 algorithm=algorithm,
                 qop=policy.qop,
                 stale=stale,
+                userhash=policy.userhash,
             )
             for algorithm in algorithms
         )
@@ -249,7 +259,9 @@ class Authenticator:
 
     # -- VerifyResponse ------------------------------------------------------
 
-    def _refuse(self, ctx: _Context, verdict: Verdict, reason: str, *, username: str = "") -> Decision:
+    def _refuse(
+        self, ctx: _Context, verdict: Verdict, reason: str, *, username: str = "", detail: str = ""
+    ) -> Decision:
         request = ctx.request
         policy = ctx.policy
         if verdict is Verdict.INVALID:
@@ -277,6 +289,8 @@ class Authenticator:
             challenge=challenge,
             algorithm=algorithm,
             realm=policy.realm,
+            detail=detail or reason,
+            claimed_user=ctx.username,
         )
 
     def _stand_in_ha1(self, credentials: Credentials, realm: str) -> str:
@@ -284,8 +298,10 @@ class Authenticator:
         mac = hmac.new(self.dummy_key, f"{credentials.username}\0{realm}".encode(), hashlib.sha256).digest()
         return credentials.algorithm.h(mac)
 
-    def _matches(self, record: UserRecord | None, credentials: Credentials, request: VerifyRequest, realm: str) -> bool:
-        ha1 = None if record is None else record.ha1_for(credentials.algorithm, realm, credentials.username)
+    def _matches(
+        self, record: UserRecord | None, credentials: Credentials, request: VerifyRequest, realm: str, username: str
+    ) -> bool:
+        ha1 = None if record is None else record.ha1_for(credentials.algorithm, realm, username)
         expected = request_digest(
             credentials.algorithm,
             ha1 if ha1 is not None else self._stand_in_ha1(credentials, realm),
@@ -341,20 +357,37 @@ class Authenticator:
         if nonce.algorithm is not credentials.algorithm:
             # RFC 8760 section 3: a nonce offered with SHA-256 must not be answered with MD5.
             return self._refuse(ctx, Verdict.REJECT, "algorithm_not_offered")
-        if credentials.userhash:
-            # Hashed usernames are resolved only where userhash is offered; it is not.
-            return self._refuse(ctx, Verdict.REJECT, "bad_credentials")
+        return await self._decide(ctx, credentials, nonce)
 
-        record = await self.credentials.lookup(credentials.username, policy.realm)
-        matched = self._matches(record, credentials, request, policy.realm)
+    async def _decide(self, ctx: _Context, credentials: Credentials, nonce: OpenedNonce) -> Decision:
+        """The part of verify that needs the account: lockout, digest, account state, replay."""
+        request, policy = ctx.request, ctx.policy
+        username = credentials.username
+        if credentials.userhash:
+            resolved = await self._resolve_userhash(credentials, policy)
+            if resolved is None:
+                return self._refuse(ctx, Verdict.REJECT, "bad_credentials", detail="unknown_userhash")
+            username = resolved
+        ctx.username = username
+
+        lock_state = None
+        if self.lockout is not None:
+            lock_state = await self.lockout.check(policy.realm, username, request.source_ip)
+            if lock_state is not None and lock_state.locked(self.clock()):
+                return self._refuse(ctx, Verdict.LOCKED, "locked_out")
+
+        record = await self.credentials.lookup(username, policy.realm)
+        matched = self._matches(record, credentials, request, policy.realm, username)
         if not matched:
             # The password may have changed since a cached copy: look once more, past any cache.
-            record = await self.credentials.lookup(credentials.username, policy.realm, refresh=True)
-            matched = self._matches(record, credentials, request, policy.realm)
+            record = await self.credentials.lookup(username, policy.realm, refresh=True)
+            matched = self._matches(record, credentials, request, policy.realm, username)
         if not matched or record is None:
-            return self._refuse(ctx, Verdict.REJECT, "bad_credentials")
+            if self.lockout is not None:
+                await self.lockout.failed(policy.realm, username, request.source_ip)
+            return self._refuse(ctx, Verdict.REJECT, "bad_credentials", detail=_why_not(record, credentials, policy))
         if record.refusal is not None:
-            return self._refuse(ctx, Verdict.FORBIDDEN, record.refusal, username=credentials.username)
+            return self._refuse(ctx, Verdict.FORBIDDEN, record.refusal, username=username)
 
         now = self.clock()
         if nonce.expired(now):
@@ -363,11 +396,23 @@ class Authenticator:
         fresh = await self.replay.consume(nonce.replay_id, None if one_time else credentials.nc, nonce.remaining(now))
         if not fresh:
             return self._refuse(ctx, Verdict.STALE, "nonce_replayed")
+        if self.lockout is not None and lock_state is not None and lock_state.has_failures:
+            await self.lockout.succeeded(policy.realm, username, request.source_ip)
         return self._accept(ctx, credentials, record, now)
+
+    async def _resolve_userhash(self, credentials: Credentials, policy: RealmPolicy) -> str | None:
+        """The account behind H(username ":" realm), where userhash is offered and the source can tell."""
+        if not policy.userhash:
+            return None
+        resolve = getattr(self.credentials, "resolve_userhash", None)
+        if resolve is None:
+            return None
+        name: str | None = await resolve(credentials.username.lower(), credentials.algorithm, policy.realm)
+        return name
 
     def _accept(self, ctx: _Context, credentials: Credentials, record: UserRecord, now: float) -> Decision:
         request, policy = ctx.request, ctx.policy
-        ha1 = record.ha1_for(credentials.algorithm, policy.realm, credentials.username)
+        ha1 = record.ha1_for(credentials.algorithm, policy.realm, ctx.username)
         assert ha1 is not None  # _matches succeeded with it
         rspauth = response_auth(
             credentials.algorithm,
@@ -390,9 +435,19 @@ class Authenticator:
         )
         return Decision(
             verdict=Verdict.ACCEPT,
-            username=credentials.username,
+            username=ctx.username,
+            claimed_user=ctx.username,
             authentication_info=info,
             identity=record.identity,
             algorithm=credentials.algorithm,
             realm=policy.realm,
         )
+
+
+def _why_not(record: UserRecord | None, credentials: Credentials, policy: RealmPolicy) -> str:
+    """The true reason behind bad_credentials, for the audit log only."""
+    if record is None:
+        return "unknown_user"
+    if record.ha1_for(credentials.algorithm, policy.realm, credentials.username) is None:
+        return "no_ha1_for_algorithm"
+    return "wrong_password"

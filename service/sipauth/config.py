@@ -18,13 +18,25 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
+from .client_allowlist import ClientAllowlist
+from .credentials.ldap_settings import LdapSettings
 from .digest import Algorithm
+from .lockout import LockoutPolicy
 from .policy import QOP_VALUES, RealmPolicy
 from .replay import ReplayMode
 
-__all__ = ["ConfigError", "PolicySettings", "RedisSettings", "Settings", "load_settings", "parse_listen"]
+__all__ = [
+    "ConfigError",
+    "PolicySettings",
+    "RedisSettings",
+    "Settings",
+    "TlsSettings",
+    "is_loopback",
+    "load_settings",
+    "parse_listen",
+]
 
 ENV_PREFIX = "SIPAUTH_"
 CONFIG_ENV = "SIPAUTH_CONFIG"
@@ -52,6 +64,16 @@ def parse_listen(value: str) -> tuple[str, int]:
     return host, port
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (from :func:`parse_listen`) only accepts connections from this machine."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -67,6 +89,7 @@ class PolicySettings(_Strict):
     bind_call_id: bool = False
     replay_mode: Literal["nc", "one-time"] = "nc"
     verify_uri: bool = True
+    userhash: bool = False
 
     @field_validator("algorithms")
     @classmethod
@@ -97,21 +120,188 @@ class PolicySettings(_Strict):
             bind_call_id=self.bind_call_id,
             replay_mode=ReplayMode(self.replay_mode),
             verify_uri=self.verify_uri,
+            userhash=self.userhash,
         )
 
 
 class RedisSettings(_Strict):
-    """The shared replay store. No URL: an in-memory guard (one process only)."""
+    """The shared replay store. Nothing configured (no url, sentinels or nodes): an in-memory guard (one process only).
 
+    ``mode`` picks how Redis is reached: ``standalone`` (``url``), ``sentinel``
+    (``sentinels`` + ``master_name``) or ``cluster`` (``nodes``, some seed
+    nodes). The password may be given inline, in ``password_file`` or in
+    ``SIPAUTH_REDIS__PASSWORD``; it is never logged.
+    """
+
+    mode: Literal["standalone", "sentinel", "cluster"] = "standalone"
+    #: standalone: ``redis://[user@]host:port/db``, ``rediss://`` for TLS, or ``unix://``.
     url: str | None = None
+    #: sentinel: ``host:port`` of each Sentinel, and the master name they watch.
+    sentinels: list[str] = Field(default_factory=list)
+    master_name: str | None = None
+    sentinel_username: str | None = None
+    sentinel_password: SecretStr | None = None
+    #: cluster: ``host:port`` of a few nodes; the rest of the cluster is discovered from them.
+    nodes: list[str] = Field(default_factory=list)
+    #: sentinel: the database number (standalone puts it in the URL; a cluster has only 0).
+    db: int = Field(default=0, ge=0, le=15)
+    #: ACL user (Redis 6+); empty: the default user.
+    username: str | None = None
+    password: SecretStr | None = None
+    password_file: Path | None = None
+    #: TLS for sentinel and cluster modes (standalone: use ``rediss://``).
+    tls: bool = False
+    tls_ca_file: Path | None = None
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    #: Bound on each replay check (socket, connect and queueing included); keep it well inside the RPC deadline.
     timeout_ms: int = Field(default=250, gt=0, le=10_000)
+    #: Connections per Redis node, and the most replay checks in flight at once.
     max_connections: int = Field(default=64, gt=0, le=10_000)
+    #: Redis unreachable: ``fail_closed`` answers UNAVAILABLE; ``local_fallback`` decides from this replica's memory.
+    failure_policy: Literal["fail_closed", "local_fallback"] = "fail_closed"
+    #: A fresh use counts once this many replicas acknowledged it (WAIT); 0: no wait. Not for cluster mode.
+    wait_replicas: int = Field(default=0, ge=0, le=16)
 
     @field_validator("url")
     @classmethod
     def _scheme(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+    @field_validator("sentinels", "nodes")
+    @classmethod
+    def _addresses(cls, value: list[str]) -> list[str]:
+        for address in value:
+            _host, port = parse_listen(address)
+            if port == 0:
+                raise ValueError("each address needs a port")
+        return value
+
+    @model_validator(mode="after")
+    def _mode_fields(self) -> RedisSettings:
+        if self.mode == "standalone" and (self.sentinels or self.nodes or self.master_name):
+            raise ValueError("sentinels, master_name and nodes need mode sentinel or cluster")
+        if self.mode == "sentinel" and (not self.sentinels or not self.master_name):
+            raise ValueError("mode sentinel needs sentinels and master_name")
+        if self.mode == "cluster" and not self.nodes:
+            raise ValueError("mode cluster needs nodes (a few host:port seeds)")
+        if self.mode != "standalone" and (self.url is not None):
+            raise ValueError("url is for mode standalone; use sentinels or nodes")
+        if self.mode == "cluster" and self.wait_replicas:
+            raise ValueError("wait_replicas is for standalone and sentinel modes")
+        if self.mode == "cluster" and self.db != 0:
+            raise ValueError("a Redis Cluster has only database 0")
+        if self.password is not None and self.password_file is not None:
+            raise ValueError("give password or password_file, not both")
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file go together")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        """Whether a Redis is configured (else replay state stays in this process's memory)."""
+        return self.url is not None or bool(self.sentinels) or bool(self.nodes)
+
+    def resolved_password(self) -> str | None:
+        """The password, read from ``password_file`` when that is how it is given."""
+        if self.password is not None:
+            return self.password.get_secret_value()
+        if self.password_file is None:
+            return None
+        try:
+            text = self.password_file.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"redis.password_file: cannot read {self.password_file}: {exc.strerror}") from None
+        password = text.rstrip("\r\n")
+        if not password:
+            raise ConfigError(f"redis.password_file: {self.password_file} is empty")
+        return password
+
+
+class TlsSettings(_Strict):
+    """TLS on the gRPC port; with ``client_ca_file``, mutual TLS: proxies must show a certificate it signed.
+
+    The files are looked at again every ``reload_interval_seconds`` (on the
+    next handshake after that) and reloaded when one changed, so a rotated
+    Kubernetes Secret takes effect without a restart.
+    """
+
+    #: Server certificate chain (PEM), leaf first.
+    cert_file: Path
+    #: Its private key (PEM, unencrypted).
+    key_file: Path
+    #: CA certificates (PEM) that sign the proxies' certificates; set: client certificates are required.
+    client_ca_file: Path | None = None
+    #: Client identities allowed to call: DNS SANs (exact or ``*.`` wildcard), URI SANs, or ``CN=<name>``.
+    #: Empty: any certificate signed by ``client_ca_file``.
+    allowed_clients: list[str] = Field(default_factory=list)
+    #: How often the files are checked for changes; 0: on every new connection.
+    reload_interval_seconds: float = Field(default=10.0, ge=0, le=86400)
+
+    @field_validator("allowed_clients")
+    @classmethod
+    def _allowlist(cls, value: list[str]) -> list[str]:
+        ClientAllowlist(value)
+        return value
+
+    @model_validator(mode="after")
+    def _allowlist_needs_ca(self) -> TlsSettings:
+        if self.allowed_clients and self.client_ca_file is None:
+            raise ValueError("allowed_clients needs client_ca_file: without it no client certificate is asked for")
+        return self
+
+
+class LockoutSettings(_Strict):
+    """Brute-force protection (counters in Redis when configured, else in memory)."""
+
+    enabled: bool = True
+    #: Wrong answers for one user from one IP within the window that lock that pair.
+    threshold: int = Field(default=5, ge=1, le=10_000)
+    #: Wrong answers from one IP, all users together, within the window that lock the IP.
+    ip_threshold: int = Field(default=30, ge=1, le=1_000_000)
+    #: Lock a user whatever the source after this many failures; 0 = off (it lets anyone lock a victim out).
+    user_threshold: int = Field(default=0, ge=0, le=1_000_000)
+    window_seconds: float = Field(default=300, gt=0, le=86400)
+    #: First lock length; each further lock of the same scope doubles it, up to max_lock_seconds.
+    base_lock_seconds: float = Field(default=30, gt=0, le=86400)
+    max_lock_seconds: float = Field(default=3600, gt=0, le=7 * 86400)
+    #: Networks never locked (CIDR), e.g. the proxies' own health checks.
+    trusted_networks: list[str] = Field(default_factory=list)
+
+    @field_validator("trusted_networks")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for network in value:
+            ipaddress.ip_network(network, strict=False)
+        return value
+
+    def to_policy(self) -> LockoutPolicy:
+        """Resolve into the lockout's frozen policy."""
+        return LockoutPolicy(
+            enabled=self.enabled,
+            threshold=self.threshold,
+            ip_threshold=self.ip_threshold,
+            user_threshold=self.user_threshold,
+            window=self.window_seconds,
+            base_lock=self.base_lock_seconds,
+            max_lock=max(self.max_lock_seconds, self.base_lock_seconds),
+            trusted_networks=tuple(ipaddress.ip_network(n, strict=False) for n in self.trusted_networks),
+        )
+
+
+class MetricsSettings(_Strict):
+    """Prometheus endpoint."""
+
+    #: host:port of the /metrics HTTP endpoint; None = no endpoint.
+    listen: str | None = None
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_listen(value)
         return value
 
 
@@ -129,16 +319,50 @@ class Settings(_Strict):
     redis: RedisSettings = Field(default_factory=RedisSettings)
     memory_replay_max_entries: int = Field(default=500_000, gt=0)
     users_file: Path | None = None
+    #: LDAP / Active Directory; when set it is used instead of ``users_file``.
+    ldap: LdapSettings | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    #: Also write the audit trail (one JSON line per decision) to this file, e.g. for fail2ban.
+    audit_file: Path | None = None
+    lockout: LockoutSettings = Field(default_factory=LockoutSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    #: Server processes sharing the port (SO_REUSEPORT); 0 = one per CPU the container may use
+    #: (the cgroup CPU limit), or 1 without Redis, whose in-memory replay state is per process.
+    workers: int = Field(default=0, ge=0, le=256)
     shutdown_grace_seconds: float = Field(default=10.0, ge=0, le=3600)
     max_header_length: int = Field(default=8192, ge=256, le=65536)
     max_body_bytes: int = Field(default=1 << 20, ge=0, le=16 << 20)
+    #: TLS (and mutual TLS) on ``listen``; unset: plaintext, allowed on loopback only unless ``allow_plaintext``.
+    tls: TlsSettings | None = None
+    #: Serve plaintext gRPC on a non-loopback ``listen`` (e.g. behind a mesh that does the TLS).
+    allow_plaintext: bool = False
+    #: host:port of a second, plaintext port serving only grpc.health.v1 (for Kubernetes gRPC probes).
+    health_listen: str | None = None
 
     @field_validator("listen")
     @classmethod
     def _listen(cls, value: str) -> str:
         parse_listen(value)
         return value
+
+    @field_validator("health_listen")
+    @classmethod
+    def _health_listen(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_listen(value)
+        return value
+
+    @model_validator(mode="after")
+    def _transport(self) -> Settings:
+        host, port = parse_listen(self.listen)
+        if self.tls is None and not self.allow_plaintext and not is_loopback(host):
+            raise ValueError(
+                f"listen: {self.listen} is not a loopback address and no tls section is configured; "
+                "configure tls (cert_file, key_file, client_ca_file) or set allow_plaintext: true"
+            )
+        if self.health_listen is not None and port != 0 and parse_listen(self.health_listen) == (host, port):
+            raise ValueError("health_listen: must differ from listen")
+        return self
 
     @field_validator("default_realm")
     @classmethod
@@ -211,10 +435,28 @@ def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _resolve_paths(data: dict[str, Any], base: Path) -> None:
-    for key in ("users_file", "nonce_keys_file"):
+    for key in ("users_file", "nonce_keys_file", "audit_file"):
         value = data.get(key)
         if isinstance(value, str) and value and not Path(value).is_absolute():
             data[key] = str(base / value)
+    redis_data = data.get("redis")
+    if isinstance(redis_data, dict):
+        for key in ("password_file", "tls_ca_file", "tls_cert_file", "tls_key_file"):
+            value = redis_data.get(key)
+            if isinstance(value, str) and value and not Path(value).is_absolute():
+                redis_data[key] = str(base / value)
+    tls_data = data.get("tls")
+    if isinstance(tls_data, dict):
+        for key in ("cert_file", "key_file", "client_ca_file"):
+            value = tls_data.get(key)
+            if isinstance(value, str) and value and not Path(value).is_absolute():
+                tls_data[key] = str(base / value)
+    ldap_data = data.get("ldap")
+    if isinstance(ldap_data, dict):
+        for key in ("bind_password_file", "ca_file", "client_cert_file", "client_key_file"):
+            value = ldap_data.get(key)
+            if isinstance(value, str) and value and not Path(value).is_absolute():
+                ldap_data[key] = str(base / value)
 
 
 def _describe(exc: ValidationError) -> str:

@@ -4,10 +4,30 @@ from __future__ import annotations
 
 import json
 import logging
+import logging.handlers
+import os
 import sys
 from datetime import UTC, datetime
+from pathlib import Path
 
-__all__ = ["JsonFormatter", "configure_logging"]
+from .server.caller import current_caller, current_request_id
+
+__all__ = ["ContextFilter", "JsonFormatter", "configure_logging"]
+
+
+class ContextFilter(logging.Filter):
+    """Adds the RPC's request id and caller, and the process id (several workers share one log)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Annotate ``record``; never drops it."""
+        request_id = current_request_id.get()
+        if request_id and not hasattr(record, "request_id"):
+            record.request_id = request_id
+        caller = current_caller.get()
+        if caller and not hasattr(record, "caller"):
+            record.caller = caller
+        record.pid = os.getpid()
+        return True
 
 
 class JsonFormatter(logging.Formatter):
@@ -31,10 +51,20 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str, ensure_ascii=False)
 
 
-def configure_logging(level: str) -> None:
-    """Send every sipauth log line to stderr as JSON at ``level``."""
+def configure_logging(level: str, audit_file: Path | None = None) -> None:
+    """Send every log line to stderr as JSON at ``level``; audit lines also to ``audit_file`` if set."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
+    handler.addFilter(ContextFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    audit = logging.getLogger("sipauth.audit")
+    audit.handlers[:] = []
+    audit.setLevel(logging.INFO)  # decisions are logged whatever the general level
+    if audit_file is not None:
+        # WatchedFileHandler reopens the file after logrotate moves it (fail2ban reads it).
+        file_handler = logging.handlers.WatchedFileHandler(audit_file, encoding="utf-8")
+        file_handler.setFormatter(JsonFormatter())
+        file_handler.addFilter(ContextFilter())
+        audit.addHandler(file_handler)

@@ -31,6 +31,8 @@ class RealmPolicy:
     replay_mode: ReplayMode = ReplayMode.NC
     #: Check that the digest uri matches the Request-URI (RFC 3261 section 22.4).
     verify_uri: bool = True
+    #: Offer userhash (RFC 7616 section 3.4.4): the UA may send H(username ":" realm).
+    userhash: bool = False
 
     def __post_init__(self) -> None:
         if not self.algorithms:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,7 +57,26 @@ class RedisServer:
         return self
 
     def stop(self) -> None:
-        """Stop it (SIGTERM)."""
+        """Stop it (SIGTERM; a frozen server is resumed first so it can exit)."""
         if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGCONT)
             stop_process(self.proc)
             self.proc = None
+
+    def kill(self) -> None:
+        """Kill it at once (SIGKILL): no shutdown, connections cut mid-reply."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
+    def freeze(self) -> None:
+        """Stop it in place (SIGSTOP): the port stays open but nothing answers."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        """Resume a frozen server (SIGCONT)."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)

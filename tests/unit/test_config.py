@@ -31,6 +31,7 @@ def test_environment_overrides_file(tmp_path: Path) -> None:
         EXAMPLES / "sipauth.yaml",
         environ={
             "SIPAUTH_LISTEN": "0.0.0.0:6000",
+            "SIPAUTH_ALLOW_PLAINTEXT": "true",
             "SIPAUTH_REDIS_URL": "redis://127.0.0.1:6390/1",
             "SIPAUTH_NONCE_KEYS_FILE": str(keys),
             "SIPAUTH_POLICY__ALGORITHMS": "[MD5]",

@@ -26,7 +26,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from ..digest import Algorithm
+from ..digest import Algorithm, userhash
 from .base import Identity, UserRecord
 
 __all__ = ["UsersFile", "UsersFileError", "load_users_file"]
@@ -109,6 +109,7 @@ class UsersFile:
         self._path = path
         self._default_realm = default_realm
         self._users = load_users_file(path, default_realm)
+        self._userhashes: dict[tuple[str, Algorithm], dict[str, str]] = {}
 
     def __len__(self) -> int:
         return len(self._users)
@@ -116,6 +117,15 @@ class UsersFile:
     def reload(self) -> None:
         """Re-read the file; on error the previous users stay in force."""
         self._users = load_users_file(self._path, self._default_realm)
+        self._userhashes.clear()
+
+    async def resolve_userhash(self, digest: str, algorithm: Algorithm, realm: str) -> str | None:
+        """The user whose H(username ":" realm) is ``digest`` (RFC 7616 section 3.4.4), or None."""
+        index = self._userhashes.get((realm, algorithm.base))
+        if index is None:
+            index = {userhash(algorithm, name, realm): name for name in self._users}
+            self._userhashes[(realm, algorithm.base)] = index
+        return index.get(digest)
 
     async def lookup(self, username: str, realm: str, *, refresh: bool = False) -> UserRecord | None:
         """The user's record (names are case-sensitive, as digest usernames are)."""

@@ -52,6 +52,15 @@ class MemoryReplayGuard:
         heapq.heappush(self._expiry, (expires_at, replay_id))
         return True
 
+    def seen(self, replay_id: str, nc: int | None) -> bool:
+        """Whether consuming (``replay_id``, ``nc``) now would be judged a replay; records nothing."""
+        self._purge(self._clock())
+        entry = self._entries.get(replay_id)
+        if entry is None:
+            return False
+        last_nc = entry[0]
+        return nc is None or last_nc == _ONE_TIME or nc <= last_nc
+
     async def ping(self) -> bool:
         """Always reachable."""
         return True

@@ -4,27 +4,39 @@ One key per accepted nonce, hash-tagged so a Cluster keeps it in one slot;
 one Lua script checks and records the nonce count atomically. Its TTL is
 the nonce's remaining life, so Redis holds only nonces that could still be
 replayed. Nothing is written for challenges or wrong answers.
+
+Redis is reached in one of three ways (:class:`RedisEndpoint`): one server
+(``redis://``, ``rediss://``, ``unix://``), a master found through Sentinel,
+or a Cluster discovered from seed nodes. Every call is bounded by one
+timeout, connection and queueing included.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
-from typing import Any
+import ssl
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import redis.asyncio
 import redis.exceptions
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 
 from ..errors import ReplayStoreUnavailable
+from ..metrics import BACKEND_ERRORS, BACKEND_LATENCY
 
-__all__ = ["KEY_PREFIX", "RedisReplayGuard", "connect", "replay_key"]
+__all__ = ["CONSUME_SCRIPT", "KEY_PREFIX", "RedisEndpoint", "RedisReplayGuard", "connect", "replay_key"]
 
 KEY_PREFIX = "sipauth:n:"
 
 # KEYS[1] = the nonce's key; ARGV[1] = nc (0: one use only); ARGV[2] = TTL in ms.
 # Returns 1 when the use is fresh (and records it), 0 for a replay.
-_CONSUME = """
+CONSUME_SCRIPT = """
 local nc = tonumber(ARGV[1])
 if nc == 0 then
   if redis.call('SET', KEYS[1], '0', 'NX', 'PX', ARGV[2]) then return 1 end
@@ -36,10 +48,18 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
 """
 
+_PING_ATTEMPTS = 3
+_PING_BACKOFF = 0.05
+
 
 def replay_key(replay_id: str) -> str:
     """The Redis key of one nonce; the braces make it a Cluster hash tag."""
     return f"{KEY_PREFIX}{{{replay_id}}}"
+
+
+def _failure(exc: BaseException) -> ReplayStoreUnavailable:
+    # The exception's type only: redis-py messages can carry addresses, never useful to a proxy.
+    return ReplayStoreUnavailable(f"replay store failed: {type(exc).__name__}")
 
 
 class RedisReplayGuard:
@@ -48,45 +68,177 @@ class RedisReplayGuard:
     The script is never retried after a failure: if the first attempt ran but
     its answer was lost, a retry would be judged a replay, and if it did not
     run, guessing would risk an ACCEPT without the check. The caller answers
-    UNAVAILABLE and the proxy retries the whole transaction.
+    UNAVAILABLE and the proxy retries the whole transaction. What is safe to
+    repeat is repeated: PING (with backoff), a NOSCRIPT answer (the script
+    did not run; redis-py loads it and sends it again), Sentinel's master
+    lookup and a Cluster's MOVED/ASK redirects (the node refused the command).
+
+    ``timeout`` bounds each call as a whole, and ``max_in_flight`` the calls
+    waiting on Redis at once (more wait for a slot, within the same bound).
+
+    With ``wait_replicas`` > 0 a fresh use counts only once that many replicas
+    have acknowledged it (``WAIT`` on the same connection): Redis replicates
+    asynchronously, and a use recorded on a master that then loses a failover
+    would be forgotten by the promoted replica. Unacknowledged, the answer is
+    UNAVAILABLE (the use stays recorded: a retry is a replay, never an ACCEPT)
+    and the pool is dropped, so the next call asks Sentinel for the master again.
     """
 
-    def __init__(self, client: Any) -> None:
+    def __init__(
+        self, client: Any, *, timeout: float | None = None, max_in_flight: int = 64, wait_replicas: int = 0
+    ) -> None:
         self._client = client
-        self._script = client.register_script(_CONSUME)
+        self._script = client.register_script(CONSUME_SCRIPT)
+        self._timeout = timeout
+        self._slots = asyncio.Semaphore(max_in_flight)
+        self._wait_replicas = wait_replicas
+        # Leave WAIT half the budget, so it answers "not enough" before the call as a whole times out.
+        self._wait_ms = max(1, int((timeout or 1.0) * 500))
+
+    @property
+    def client(self) -> Any:
+        """The Redis client (shared with the lockout counters)."""
+        return self._client
 
     async def consume(self, replay_id: str, nc: int | None, ttl: float) -> bool:
         """Record the use; True if fresh, False if replayed."""
         ttl_ms = max(1, math.ceil(ttl * 1000))
+        started = time.perf_counter()
         try:
-            result = await self._script(keys=[replay_key(replay_id)], args=[nc or 0, ttl_ms])
-        except redis.exceptions.RedisError as exc:
-            raise ReplayStoreUnavailable(f"replay store failed: {type(exc).__name__}") from exc
-        except OSError as exc:
-            raise ReplayStoreUnavailable(f"replay store failed: {type(exc).__name__}") from exc
+            async with asyncio.timeout(self._timeout), self._slots:
+                if self._wait_replicas:
+                    result = await self._consume_replicated(replay_key(replay_id), [nc or 0, ttl_ms])
+                else:
+                    result = await self._script(keys=[replay_key(replay_id)], args=[nc or 0, ttl_ms])
+        except (redis.exceptions.RedisError, OSError) as exc:
+            # OSError covers TimeoutError, raised by asyncio.timeout.
+            BACKEND_ERRORS.labels("redis", "consume").inc()
+            raise _failure(exc) from exc
+        except ReplayStoreUnavailable:
+            BACKEND_ERRORS.labels("redis", "consume").inc()
+            raise
+        finally:
+            BACKEND_LATENCY.labels("redis", "consume").observe(time.perf_counter() - started)
         return int(result) == 1
 
-    async def ping(self) -> bool:
-        """Whether Redis answers PING now."""
-        try:
+    async def _consume_replicated(self, key: str, args: list[int]) -> Any:
+        async with self._client.client() as connection:
+            result = await self._script(keys=[key], args=args, client=connection)
+            if int(result) != 1:
+                return result
+            acknowledged = await connection.execute_command("WAIT", self._wait_replicas, self._wait_ms)
+        if int(acknowledged) < self._wait_replicas:
+            await self._client.connection_pool.disconnect()
+            raise ReplayStoreUnavailable("replay store failed: the use was not acknowledged by enough replicas")
+        return result
+
+    async def _ping_once(self) -> bool:
+        async with asyncio.timeout(self._timeout):
             return bool(await self._client.ping())
-        except (redis.exceptions.RedisError, OSError):
-            return False
+
+    async def ping(self) -> bool:
+        """Whether Redis answers PING now (a few tries with backoff: PING is safe to repeat)."""
+        for attempt in range(_PING_ATTEMPTS):
+            try:
+                return await self._ping_once()
+            except (redis.exceptions.RedisError, OSError):
+                if attempt + 1 < _PING_ATTEMPTS:
+                    await asyncio.sleep(_PING_BACKOFF * 2**attempt)
+        return False
 
     async def close(self) -> None:
         """Close the connection pool."""
         await self._client.aclose()
 
 
-def connect(url: str, *, timeout: float, max_connections: int) -> RedisReplayGuard:
-    """A guard on the Redis at ``url`` (redis:// or rediss://), with bounded timeouts."""
-    client = redis.asyncio.Redis.from_url(
-        url,
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-        max_connections=max_connections,
+@dataclass(frozen=True, slots=True)
+class RedisEndpoint:
+    """Where Redis is and how to log in; ``password`` is the only secret (kept out of ``repr``)."""
+
+    mode: Literal["standalone", "sentinel", "cluster"] = "standalone"
+    url: str | None = None
+    sentinels: tuple[tuple[str, int], ...] = ()
+    master_name: str = ""
+    nodes: tuple[tuple[str, int], ...] = ()
+    db: int = 0
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    sentinel_username: str | None = None
+    sentinel_password: str | None = field(default=None, repr=False)
+    tls: bool = False
+    tls_ca_file: str | None = None
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    timeout: float = 0.25
+    max_connections: int = 64
+    wait_replicas: int = 0
+
+
+def _tls_options(endpoint: RedisEndpoint) -> dict[str, Any]:
+    return {
+        "ssl_ca_certs": endpoint.tls_ca_file,
+        "ssl_certfile": endpoint.tls_cert_file,
+        "ssl_keyfile": endpoint.tls_key_file,
+        "ssl_cert_reqs": ssl.CERT_REQUIRED,
+    }
+
+
+def _common_options(endpoint: RedisEndpoint) -> dict[str, Any]:
+    options: dict[str, Any] = {
+        "socket_timeout": endpoint.timeout,
+        "socket_connect_timeout": endpoint.timeout,
+        "max_connections": endpoint.max_connections,
         # No automatic retries: see RedisReplayGuard's docstring.
-        retry=Retry(NoBackoff(), 0),
-        health_check_interval=0,
+        "retry": Retry(NoBackoff(), 0),
+        "health_check_interval": 0,
+    }
+    if endpoint.username is not None:
+        options["username"] = endpoint.username
+    if endpoint.password is not None:
+        options["password"] = endpoint.password
+    return options
+
+
+def _client(endpoint: RedisEndpoint) -> Any:
+    options = _common_options(endpoint)
+    if endpoint.mode == "standalone":
+        if endpoint.url is None:
+            raise ValueError("standalone mode needs a url")
+        if endpoint.url.startswith("rediss://"):
+            options.update(_tls_options(endpoint))
+        return redis.asyncio.Redis.from_url(endpoint.url, **options)
+    if endpoint.tls:
+        options.update(ssl=True, **_tls_options(endpoint))
+    if endpoint.mode == "sentinel":
+        sentinel_options: dict[str, Any] = {
+            "socket_timeout": endpoint.timeout,
+            "socket_connect_timeout": endpoint.timeout,
+            "retry": Retry(NoBackoff(), 0),
+        }
+        if endpoint.sentinel_username is not None:
+            sentinel_options["username"] = endpoint.sentinel_username
+        if endpoint.sentinel_password is not None:
+            sentinel_options["password"] = endpoint.sentinel_password
+        if endpoint.tls:
+            sentinel_options.update(ssl=True, **_tls_options(endpoint))
+        sentinel = Sentinel(list(endpoint.sentinels), sentinel_kwargs=sentinel_options)  # type: ignore[no-untyped-call]
+        return sentinel.master_for(endpoint.master_name, db=endpoint.db, **options)
+    options.pop("health_check_interval")
+    return RedisCluster(
+        startup_nodes=[ClusterNode(host, port) for host, port in endpoint.nodes],
+        # A MOVED reply is followed (the command did not run); this is about failures.
+        require_full_coverage=True,
+        **options,
     )
-    return RedisReplayGuard(client)
+
+
+def connect(endpoint: RedisEndpoint) -> RedisReplayGuard:
+    """A guard on the Redis described by ``endpoint``; nothing is dialled until the first call."""
+    if endpoint.mode == "cluster" and endpoint.wait_replicas:
+        raise ValueError("wait_replicas is for standalone and sentinel modes")
+    return RedisReplayGuard(
+        _client(endpoint),
+        timeout=endpoint.timeout,
+        max_in_flight=endpoint.max_connections,
+        wait_replicas=endpoint.wait_replicas,
+    )

@@ -10,6 +10,8 @@ default INTERNAL: see ``_decoder``.
 from __future__ import annotations
 
 import logging
+import time
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -30,6 +32,9 @@ from ..authenticator import (
 from ..credentials import Identity
 from ..digest import Algorithm
 from ..errors import BackendUnavailable, InvalidRequest
+from ..metrics import INFLIGHT, REQUEST_LATENCY, REQUESTS
+from . import audit
+from .caller import current_request_id
 
 __all__ = ["SERVICE_NAME", "AuthServicer", "generic_handler"]
 
@@ -138,62 +143,102 @@ class AuthServicer:
     ) -> auth_pb2.IssueChallengeResponse:
         """IssueChallenge."""
 
-        async def call() -> auth_pb2.IssueChallengeResponse:
+        async def call() -> tuple[auth_pb2.IssueChallengeResponse, tuple[str, str, str, str]]:
             assert isinstance(request, auth_pb2.IssueChallengeRequest)
+            kind = _kind(request.type)
             challenge = self._authenticator.issue_challenge(
                 ChallengeRequest(
                     method=request.method,
                     realm=request.realm,
-                    kind=_kind(request.type),
+                    kind=kind,
                     request_uri=request.request_uri,
                     source_ip=request.source_ip,
                     call_id=request.call_id,
                     algorithms=_algorithms(request.algorithms),
                 )
             )
-            return challenge_to_proto(challenge)
+            realm = request.realm or self._authenticator.default_realm
+            return challenge_to_proto(challenge), ("challenge", "", realm, "")
 
-        return await _guarded(request, context, call)
+        return await _observed("IssueChallenge", request, context, call)
 
     async def verify_response(
         self, request: auth_pb2.VerifyResponseRequest | _Undecodable, context: grpc.aio.ServicerContext
     ) -> auth_pb2.VerifyResponseResponse:
         """VerifyResponse."""
+        started = time.perf_counter()
+        domain: VerifyRequest | None = None
 
-        async def call() -> auth_pb2.VerifyResponseResponse:
+        async def call() -> tuple[auth_pb2.VerifyResponseResponse, tuple[str, str, str, str]]:
+            nonlocal domain
             assert isinstance(request, auth_pb2.VerifyResponseRequest)
-            decision = await self._authenticator.verify(
-                VerifyRequest(
-                    method=request.method,
-                    request_uri=request.request_uri,
-                    authorization=request.authorization,
-                    body=request.body,
-                    realm=request.realm,
-                    kind=_kind(request.type),
-                    source_ip=request.source_ip,
-                    call_id=request.call_id,
-                )
+            domain = VerifyRequest(
+                method=request.method,
+                request_uri=request.request_uri,
+                authorization=request.authorization,
+                body=request.body,
+                realm=request.realm,
+                kind=_kind(request.type),
+                source_ip=request.source_ip,
+                call_id=request.call_id,
             )
-            return decision_to_proto(decision)
+            decision = await self._authenticator.verify(domain)
+            audit.record_decision(domain, decision, time.perf_counter() - started)
+            algorithm = decision.algorithm.token if decision.algorithm else ""
+            return decision_to_proto(decision), (decision.verdict.value, decision.reason, decision.realm, algorithm)
 
-        return await _guarded(request, context, call)
+        def on_fault(status: grpc.StatusCode) -> None:
+            if domain is not None:
+                audit.record_fault(domain, status.name, time.perf_counter() - started)
+
+        return await _observed("VerifyResponse", request, context, call, on_fault)
 
 
-async def _guarded(request: object, context: grpc.aio.ServicerContext, call: Callable[[], Awaitable[M]]) -> M:
-    """Run ``call`` and map every failure to one status code."""
-    if isinstance(request, _Undecodable):
-        code, details = grpc.StatusCode.INVALID_ARGUMENT, "request is not a valid protobuf message"
-    else:
-        try:
-            return await call()
-        except InvalidRequest as exc:
-            code, details = grpc.StatusCode.INVALID_ARGUMENT, str(exc)
-        except BackendUnavailable as exc:
-            log.warning("backend unavailable: %s", exc)
-            code, details = grpc.StatusCode.UNAVAILABLE, "a backend is unavailable"
-        except Exception:
-            log.exception("internal error")
-            code, details = grpc.StatusCode.INTERNAL, "internal error"
+def _request_id(context: grpc.aio.ServicerContext) -> str:
+    """The caller's x-request-id when it is sane, else a new one."""
+    for key, value in context.invocation_metadata() or ():
+        if key == "x-request-id" and isinstance(value, str) and 0 < len(value) <= 128 and value.isprintable():
+            return value
+    return uuid.uuid4().hex[:16]
+
+
+async def _observed(
+    rpc: str,
+    request: object,
+    context: grpc.aio.ServicerContext,
+    call: Callable[[], Awaitable[tuple[M, tuple[str, str, str, str]]]],
+    on_fault: Callable[[grpc.StatusCode], None] | None = None,
+) -> M:
+    """Run ``call`` with a request id, metrics and one mapping of every failure to a status code."""
+    request_id = _request_id(context)
+    token = current_request_id.set(request_id)
+    INFLIGHT.inc()
+    started = time.perf_counter()
+    try:
+        context.set_trailing_metadata((("x-request-id", request_id),))
+        if isinstance(request, _Undecodable):
+            code, details = grpc.StatusCode.INVALID_ARGUMENT, "request is not a valid protobuf message"
+        else:
+            try:
+                response, (verdict, reason, realm, algorithm) = await call()
+            except InvalidRequest as exc:
+                code, details = grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+            except BackendUnavailable as exc:
+                log.warning("backend unavailable: %s", exc)
+                code, details = grpc.StatusCode.UNAVAILABLE, "a backend is unavailable"
+            except Exception:
+                log.exception("internal error")
+                code, details = grpc.StatusCode.INTERNAL, "internal error"
+            else:
+                REQUESTS.labels(rpc, verdict, reason, realm, algorithm).inc()
+                return response
+        REQUESTS.labels(rpc, "fault", code.name.lower(), "", "").inc()
+        if on_fault is not None:
+            on_fault(code)
+    finally:
+        REQUEST_LATENCY.labels(rpc).observe(time.perf_counter() - started)
+        INFLIGHT.dec()
+        current_request_id.reset(token)
     await context.abort(code, details)
     raise AssertionError("unreachable: abort raises")
 

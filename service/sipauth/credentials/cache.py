@@ -1,0 +1,169 @@
+"""A cache in front of any CredentialSource.
+
+- Positive and negative entries, each with its TTL; a size bound (least recently used goes first).
+- Single flight: one lookup per (user, realm) in flight; concurrent callers share its answer.
+- ``refresh=True`` (the answer did not match: maybe a new password) re-reads the
+  user, unless the cached copy is younger than ``refresh_min_interval``: a
+  password-guessing flood then costs one directory search per user and interval,
+  not one per guess.
+- Serve-stale: when the source raises CredentialsUnavailable, a known user's
+  entry up to ``stale_max_age`` old is still used; an unknown or uncached user
+  gets the error (never a guess). After a failure the source is left alone for
+  ``retry_after`` so an outage does not make every request wait for timeouts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..errors import CredentialsUnavailable
+from ..metrics import CACHE
+from .base import CredentialSource, UserRecord
+
+__all__ = ["CacheStats", "CachedCredentialSource"]
+
+log = logging.getLogger("sipauth.credentials.cache")
+_Key = tuple[str, str]
+
+
+@dataclass(slots=True)
+class _Entry:
+    record: UserRecord | None
+    fetched_at: float
+
+
+@dataclass(slots=True)
+class CacheStats:
+    """Counters for metrics and tests."""
+
+    hits: int = 0
+    misses: int = 0
+    refreshes: int = 0
+    refreshes_suppressed: int = 0
+    stale_served: int = 0
+    source_failures: int = 0
+
+
+class CachedCredentialSource:
+    """Wraps a CredentialSource with the cache described in the module docstring."""
+
+    def __init__(
+        self,
+        source: CredentialSource,
+        *,
+        positive_ttl: float = 300.0,
+        negative_ttl: float = 30.0,
+        max_entries: int = 100_000,
+        serve_stale: bool = True,
+        stale_max_age: float = 3600.0,
+        refresh_min_interval: float = 5.0,
+        retry_after: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.source = source
+        self.positive_ttl = positive_ttl
+        self.negative_ttl = negative_ttl
+        self.max_entries = max_entries
+        self.serve_stale = serve_stale
+        self.stale_max_age = stale_max_age
+        self.refresh_min_interval = refresh_min_interval
+        self.retry_after = retry_after
+        self.clock = clock
+        self.stats = CacheStats()
+        self._entries: OrderedDict[_Key, _Entry] = OrderedDict()
+        self._in_flight: dict[_Key, asyncio.Future[UserRecord | None]] = {}
+        self._down_until = 0.0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def _fresh(self, entry: _Entry, now: float) -> bool:
+        ttl = self.positive_ttl if entry.record is not None else self.negative_ttl
+        return now - entry.fetched_at < ttl
+
+    async def lookup(self, username: str, realm: str, *, refresh: bool = False) -> UserRecord | None:
+        """The cached record, or the source's answer (see the module docstring for the rules)."""
+        key = (username, realm)
+        now = self.clock()
+        entry = self._entries.get(key)
+        if entry is not None:
+            self._entries.move_to_end(key)
+            if refresh:
+                if now - entry.fetched_at < self.refresh_min_interval:
+                    self.stats.refreshes_suppressed += 1
+                    CACHE.labels("refresh_suppressed").inc()
+                    return entry.record
+                self.stats.refreshes += 1
+                CACHE.labels("refresh").inc()
+            elif self._fresh(entry, now):
+                self.stats.hits += 1
+                CACHE.labels("hit").inc()
+                return entry.record
+        flight = self._in_flight.get(key)
+        if flight is not None:
+            # Someone is already asking the source: its answer is as fresh as ours would be.
+            return await asyncio.shield(flight)
+        self.stats.misses += 1
+        CACHE.labels("miss").inc()
+        future: asyncio.Future[UserRecord | None] = asyncio.get_running_loop().create_future()
+        self._in_flight[key] = future
+        try:
+            record = await self._fetch(key, entry, now)
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
+        except Exception as exc:
+            future.set_exception(exc)
+            # Waiters get the same exception; mark it retrieved so nobody's absence is reported.
+            future.exception()
+            raise
+        else:
+            future.set_result(record)
+            return record
+        finally:
+            del self._in_flight[key]
+
+    async def _fetch(self, key: _Key, entry: _Entry | None, now: float) -> UserRecord | None:
+        if now >= self._down_until:
+            try:
+                record = await self.source.lookup(key[0], key[1], refresh=True)
+            except CredentialsUnavailable:
+                self.stats.source_failures += 1
+                self._down_until = self.clock() + self.retry_after
+            else:
+                self._down_until = 0.0
+                self._store(key, record)
+                return record
+        stale_ok = self.serve_stale and entry is not None and now - entry.fetched_at <= self.stale_max_age
+        if stale_ok and entry is not None and entry.record is not None:
+            self.stats.stale_served += 1
+            CACHE.labels("stale").inc()
+            return entry.record
+        raise CredentialsUnavailable("the credential source is unavailable and the user is not cached")
+
+    def _store(self, key: _Key, record: UserRecord | None) -> None:
+        self._entries[key] = _Entry(record, self.clock())
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+
+    def invalidate(self, username: str | None = None) -> None:
+        """Forget one user (every realm), or everything."""
+        if username is None:
+            self._entries.clear()
+            return
+        for key in [k for k in self._entries if k[0] == username]:
+            del self._entries[key]
+
+    async def ping(self) -> bool:
+        """Whether the source answers now."""
+        return await self.source.ping()
+
+    async def close(self) -> None:
+        """Close the source."""
+        await self.source.close()

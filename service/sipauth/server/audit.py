@@ -1,0 +1,56 @@
+"""The audit trail: one JSON line per VerifyResponse decision on the ``sipauth.audit`` logger.
+
+Fields: rpc, realm, user (as claimed), source_ip, method, verdict, reason,
+detail (the true reason behind ``bad_credentials``: unknown_user,
+wrong_password, no_ha1_for_algorithm...), algorithm, caller (the proxy's
+certificate identity under mutual TLS), latency_ms, request_id. Never the
+Authorization header, a nonce, a password or an HA1. deploy/fail2ban reads it.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from ..authenticator import Decision, VerifyRequest
+from .caller import current_caller, current_request_id
+
+__all__ = ["AUDIT_LOGGER", "record_decision", "record_fault"]
+
+AUDIT_LOGGER = "sipauth.audit"
+_log = logging.getLogger(AUDIT_LOGGER)
+
+
+def _common(request: VerifyRequest, latency: float) -> dict[str, object]:
+    return {
+        "event": "decision",
+        "rpc": "VerifyResponse",
+        "source_ip": request.source_ip,
+        "method": request.method,
+        "caller": current_caller.get(),
+        "latency_ms": round(latency * 1000, 3),
+        "request_id": current_request_id.get(),
+    }
+
+
+def record_decision(request: VerifyRequest, decision: Decision, latency: float) -> None:
+    """Log one decision."""
+    _log.info(
+        "decision",
+        extra={
+            **_common(request, latency),
+            "realm": decision.realm,
+            "user": decision.claimed_user,
+            "verdict": decision.verdict.value,
+            "reason": decision.reason,
+            "detail": decision.detail,
+            "algorithm": decision.algorithm.token if decision.algorithm else "",
+        },
+    )
+
+
+def record_fault(request: VerifyRequest, status: str, latency: float) -> None:
+    """Log a call that got no verdict (backend down, bad request)."""
+    _log.info(
+        "decision",
+        extra={**_common(request, latency), "realm": request.realm, "verdict": "fault", "reason": status.lower()},
+    )

@@ -1,0 +1,1 @@
+"""Credentials from real OpenLDAP (slapd) and a real Samba Active Directory DC."""

@@ -1,0 +1,1 @@
+"""Hardening tests: mutual TLS, lockout, userhash, audit, secrets in logs."""
