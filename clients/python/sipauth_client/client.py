@@ -1,24 +1,35 @@
 """Typed sync and asyncio clients for sipauth.v1.AuthService.
 
-Every call has a deadline; UNAVAILABLE (and only UNAVAILABLE: every other
-failure is an answer) is retried with exponential backoff, since both RPCs
-are safe to repeat: a retried VerifyResponse at worst comes back STALE.
+Every call has a deadline. UNAVAILABLE, and only UNAVAILABLE, is retried with
+exponential backoff: it means the call did not reach a server that could
+answer, and both RPCs are safe to repeat (a repeated VerifyResponse at worst
+comes back STALE). Every other status is raised at once.
+
+Each client owns one channel per process. The channel is created on the first
+call and rebuilt when ``os.getpid()`` changes, so a client created before
+``fork()`` (Kamailio loads its script, then forks its workers) works in every
+child without sharing the parent's sockets.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import os
+import threading
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+import weakref
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import grpc
 
+from .proxy import ProxyDecision, ProxyRequest, decision_for, failure_decision, pass_through, verify_request_for
 from .v1 import auth_pb2, auth_pb2_grpc
 
-__all__ = ["AsyncSipauthClient", "SipauthClient", "TlsConfig"]
+__all__ = ["AsyncSipauthClient", "ClientOptions", "SipauthClient", "TlsConfig", "algorithm_values"]
 
 _ALGORITHMS: dict[str, auth_pb2.Algorithm] = {
     "MD5": auth_pb2.ALGORITHM_MD5,
@@ -29,27 +40,80 @@ _ALGORITHMS: dict[str, auth_pb2.Algorithm] = {
     "SHA-512-256-SESS": auth_pb2.ALGORITHM_SHA_512_256_SESS,
 }
 
+C = TypeVar("C", grpc.Channel, grpc.aio.Channel)
+
 
 @dataclass(frozen=True)
 class TlsConfig:
-    """Server CA, and for mutual TLS the proxy's own certificate and key (PEM files)."""
+    """Server CA, and for mutual TLS the proxy's own certificate and key (PEM files).
+
+    With no ``ca_file`` the system's trust store is used. ``server_name``
+    overrides the name checked in the server certificate (when dialling an IP).
+    """
 
     ca_file: Path | None = None
     cert_file: Path | None = None
     key_file: Path | None = None
     server_name: str | None = None
 
+    def __post_init__(self) -> None:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("mutual TLS needs both cert_file and key_file")
+
     def credentials(self) -> grpc.ChannelCredentials:
         """GRPC channel credentials from the files."""
 
         def read(path: Path | None) -> bytes | None:
-            return path.read_bytes() if path is not None else None
+            return Path(path).read_bytes() if path is not None else None
 
         return grpc.ssl_channel_credentials(
             root_certificates=read(self.ca_file),
             private_key=read(self.key_file),
             certificate_chain=read(self.cert_file),
         )
+
+
+@dataclass(frozen=True)
+class ClientOptions:
+    """Deadline, retry schedule and transport security shared by both clients."""
+
+    #: Deadline of each attempt, in seconds.
+    timeout: float = 1.0
+    #: Extra attempts after an UNAVAILABLE answer (0: a single attempt).
+    retries: int = 2
+    #: Wait before the first retry, in seconds; doubled for each following one.
+    backoff: float = 0.05
+    #: Upper bound of one wait, in seconds.
+    max_backoff: float = 1.0
+    tls: TlsConfig | None = None
+    #: Extra gRPC channel arguments, e.g. ``("grpc.lb_policy_name", "round_robin")``.
+    channel_options: tuple[tuple[str, Any], ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        if self.timeout <= 0:
+            raise ValueError("timeout must be positive")
+        if self.retries < 0 or self.backoff < 0 or self.max_backoff < 0:
+            raise ValueError("retries, backoff and max_backoff must not be negative")
+
+    def delays(self) -> Iterator[float]:
+        """The waits between attempts: ``retries`` of them, growing exponentially."""
+        for attempt in range(self.retries):
+            yield min(self.backoff * (2**attempt), self.max_backoff)
+
+    def grpc_options(self) -> list[tuple[str, Any]]:
+        """Channel arguments: keepalive, no built-in retries (ours are explicit), the TLS name override."""
+        options: list[tuple[str, Any]] = [
+            ("grpc.keepalive_time_ms", 30_000),
+            ("grpc.enable_retries", 0),
+            # gRPC's default reconnect backoff grows to 120 s; a proxy wants sipauth back within seconds.
+            ("grpc.initial_reconnect_backoff_ms", 250),
+            ("grpc.min_reconnect_backoff_ms", 250),
+            ("grpc.max_reconnect_backoff_ms", 2_000),
+        ]
+        if self.tls is not None and self.tls.server_name:
+            options.append(("grpc.ssl_target_name_override", self.tls.server_name))
+        options.extend(self.channel_options)
+        return options
 
 
 def algorithm_values(names: Sequence[str]) -> list[auth_pb2.Algorithm]:
@@ -60,13 +124,17 @@ def algorithm_values(names: Sequence[str]) -> list[auth_pb2.Algorithm]:
         raise ValueError(f"unknown algorithm {exc.args[0]!r}") from None
 
 
+def _challenge_type(proxy: bool) -> auth_pb2.ChallengeType:
+    return auth_pb2.CHALLENGE_TYPE_PROXY if proxy else auth_pb2.CHALLENGE_TYPE_WWW
+
+
 def _challenge_request(
     *, method: str, realm: str, proxy: bool, request_uri: str, source_ip: str, call_id: str, algorithms: Sequence[str]
 ) -> auth_pb2.IssueChallengeRequest:
     return auth_pb2.IssueChallengeRequest(
         method=method,
         realm=realm,
-        type=auth_pb2.CHALLENGE_TYPE_PROXY if proxy else auth_pb2.CHALLENGE_TYPE_WWW,
+        type=_challenge_type(proxy),
         request_uri=request_uri,
         source_ip=source_ip,
         call_id=call_id,
@@ -91,60 +159,98 @@ def _verify_request(
         request_uri=request_uri,
         body=body,
         realm=realm,
-        type=auth_pb2.CHALLENGE_TYPE_PROXY if proxy else auth_pb2.CHALLENGE_TYPE_WWW,
+        type=_challenge_type(proxy),
         source_ip=source_ip,
         call_id=call_id,
     )
 
 
-def _channel_options() -> list[tuple[str, Any]]:
-    return [("grpc.keepalive_time_ms", 30_000), ("grpc.enable_retries", 0)]
+def _retryable(exc: grpc.RpcError) -> bool:
+    return bool(exc.code() == grpc.StatusCode.UNAVAILABLE)
 
 
-class _Retrying:
-    timeout: float
-    retries: int
-    backoff: float
-
-    def _delay(self, attempt: int) -> float:
-        return float(self.backoff * (2**attempt))
-
-    @staticmethod
-    def _retryable(exc: grpc.RpcError) -> bool:
-        return bool(exc.code() == grpc.StatusCode.UNAVAILABLE)
+_CHANNELS: weakref.WeakSet[_PerProcessChannel[Any]] = weakref.WeakSet()
 
 
-class SipauthClient(_Retrying):
-    """Blocking client. One instance per process; not shared across fork()."""
+def _after_fork_in_child() -> None:
+    # A thread of the parent may have held a lock at fork(): the child starts with fresh ones.
+    for holder in list(_CHANNELS):
+        holder.reset_lock()
 
-    def __init__(
-        self,
-        target: str,
-        *,
-        timeout: float = 1.0,
-        retries: int = 2,
-        backoff: float = 0.05,
-        tls: TlsConfig | None = None,
-    ) -> None:
-        self.timeout, self.retries, self.backoff = timeout, retries, backoff
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class _PerProcessChannel(Generic[C]):
+    """One channel and stub per process: rebuilt, never reused, after fork()."""
+
+    def __init__(self, target: str, options: ClientOptions, make: Callable[..., C]) -> None:
+        self.target = target
+        self.options = options
+        self._make = make
+        self._pid = -1
+        self._channel: C | None = None
+        self._stub: auth_pb2_grpc.AuthServiceStub | None = None
+        self._lock = threading.Lock()
+        _CHANNELS.add(self)
+
+    def reset_lock(self) -> None:
+        """Replace the lock (in a freshly forked child)."""
+        self._lock = threading.Lock()
+
+    def _open(self) -> C:
+        tls = self.options.tls
         if tls is None:
-            self._channel = grpc.insecure_channel(target, options=_channel_options())
-        else:
-            options = _channel_options()
-            if tls.server_name:
-                options.append(("grpc.ssl_target_name_override", tls.server_name))
-            self._channel = grpc.secure_channel(target, tls.credentials(), options=options)
-        self._stub = auth_pb2_grpc.AuthServiceStub(self._channel)
+            return self._make(self.target, options=self.options.grpc_options())
+        return self._make(self.target, tls.credentials(), options=self.options.grpc_options())
 
-    def _call(self, method: Any, request: Any) -> Any:
-        for attempt in range(self.retries + 1):
+    def stub(self) -> auth_pb2_grpc.AuthServiceStub:
+        """The stub of the calling process, opening its channel on first use."""
+        pid = os.getpid()
+        stub = self._stub
+        if stub is not None and pid == self._pid:
+            return stub
+        with self._lock:
+            if self._stub is None or pid != self._pid:
+                # A channel inherited across fork() belongs to the parent: drop it without closing.
+                self._channel = self._open()
+                self._stub = auth_pb2_grpc.AuthServiceStub(self._channel)
+                self._pid = pid
+            return self._stub
+
+    def take(self) -> C | None:
+        """Forget this process's channel and return it for closing (None if none or inherited)."""
+        channel, owned = self._channel, self._pid == os.getpid()
+        self._channel, self._stub, self._pid = None, None, -1
+        return channel if owned else None
+
+
+class SipauthClient:
+    """Blocking client. Thread-safe; create one per process (or before fork: it survives it)."""
+
+    def __init__(self, target: str, options: ClientOptions | None = None, **overrides: Any) -> None:
+        """Dial ``target`` (host:port) lazily; keyword overrides replace fields of ``options``."""
+        self.options = _merge(options, overrides)
+        insecure: Callable[..., grpc.Channel] = grpc.insecure_channel
+        self._channel = _PerProcessChannel(
+            target, self.options, insecure if self.options.tls is None else grpc.secure_channel
+        )
+
+    @property
+    def target(self) -> str:
+        """The host:port this client dials."""
+        return self._channel.target
+
+    def _call(self, name: str, request: Any) -> Any:
+        delays = self.options.delays()
+        while True:
             try:
-                return method(request, timeout=self.timeout)
+                return getattr(self._channel.stub(), name)(request, timeout=self.options.timeout)
             except grpc.RpcError as exc:
-                if attempt == self.retries or not self._retryable(exc):
+                delay = next(delays, None) if _retryable(exc) else None
+                if delay is None:
                     raise
-                time.sleep(self._delay(attempt))
-        raise AssertionError("unreachable")
+                time.sleep(delay)
 
     def issue_challenge(
         self,
@@ -167,7 +273,7 @@ class SipauthClient(_Retrying):
             call_id=call_id,
             algorithms=algorithms,
         )
-        response: auth_pb2.IssueChallengeResponse = self._call(self._stub.IssueChallenge, request)
+        response: auth_pb2.IssueChallengeResponse = self._call("IssueChallenge", request)
         return response
 
     def verify_response(
@@ -182,7 +288,7 @@ class SipauthClient(_Retrying):
         source_ip: str = "",
         call_id: str = "",
     ) -> auth_pb2.VerifyResponseResponse:
-        """Ask for a verdict on an Authorization / Proxy-Authorization value."""
+        """Ask for a verdict on an Authorization / Proxy-Authorization value ('' = none: a challenge)."""
         request = _verify_request(
             authorization=authorization,
             method=method,
@@ -193,12 +299,28 @@ class SipauthClient(_Retrying):
             source_ip=source_ip,
             call_id=call_id,
         )
-        response: auth_pb2.VerifyResponseResponse = self._call(self._stub.VerifyResponse, request)
+        response: auth_pb2.VerifyResponseResponse = self._call("VerifyResponse", request)
         return response
 
+    def authorize(self, request: ProxyRequest, *, retry_after: int = 5) -> ProxyDecision:
+        """What a proxy does with ``request``: forward it, or reply with a status and headers.
+
+        One VerifyResponse call; never raises for a gRPC failure (it becomes
+        503 + Retry-After, or 500 / 400). ACK and CANCEL pass without a call.
+        """
+        if (decision := pass_through(request)) is not None:
+            return decision
+        try:
+            response: auth_pb2.VerifyResponseResponse = self._call("VerifyResponse", verify_request_for(request))
+        except grpc.RpcError as exc:
+            return failure_decision(exc.code(), retry_after=retry_after)
+        return decision_for(request, response)
+
     def close(self) -> None:
-        """Close the channel."""
-        self._channel.close()
+        """Close this process's channel; the next call opens a new one."""
+        channel = self._channel.take()
+        if channel is not None:
+            channel.close()
 
     def __enter__(self) -> SipauthClient:
         return self
@@ -207,37 +329,32 @@ class SipauthClient(_Retrying):
         self.close()
 
 
-class AsyncSipauthClient(_Retrying):
-    """asyncio client; create it inside the running event loop."""
+class AsyncSipauthClient:
+    """asyncio client. Use it from one event loop; the channel opens on the first call."""
 
-    def __init__(
-        self,
-        target: str,
-        *,
-        timeout: float = 1.0,
-        retries: int = 2,
-        backoff: float = 0.05,
-        tls: TlsConfig | None = None,
-    ) -> None:
-        self.timeout, self.retries, self.backoff = timeout, retries, backoff
-        if tls is None:
-            self._channel = grpc.aio.insecure_channel(target, options=_channel_options())
-        else:
-            options = _channel_options()
-            if tls.server_name:
-                options.append(("grpc.ssl_target_name_override", tls.server_name))
-            self._channel = grpc.aio.secure_channel(target, tls.credentials(), options=options)
-        self._stub = auth_pb2_grpc.AuthServiceStub(self._channel)
+    def __init__(self, target: str, options: ClientOptions | None = None, **overrides: Any) -> None:
+        """Dial ``target`` (host:port) lazily; keyword overrides replace fields of ``options``."""
+        self.options = _merge(options, overrides)
+        insecure: Callable[..., grpc.aio.Channel] = grpc.aio.insecure_channel
+        self._channel = _PerProcessChannel(
+            target, self.options, insecure if self.options.tls is None else grpc.aio.secure_channel
+        )
 
-    async def _call(self, method: Any, request: Any) -> Any:
-        for attempt in range(self.retries + 1):
+    @property
+    def target(self) -> str:
+        """The host:port this client dials."""
+        return self._channel.target
+
+    async def _call(self, name: str, request: Any) -> Any:
+        delays = self.options.delays()
+        while True:
             try:
-                return await method(request, timeout=self.timeout)
+                return await getattr(self._channel.stub(), name)(request, timeout=self.options.timeout)
             except grpc.RpcError as exc:
-                if attempt == self.retries or not self._retryable(exc):
+                delay = next(delays, None) if _retryable(exc) else None
+                if delay is None:
                     raise
-                await asyncio.sleep(self._delay(attempt))
-        raise AssertionError("unreachable")
+                await asyncio.sleep(delay)
 
     async def issue_challenge(
         self,
@@ -260,7 +377,7 @@ class AsyncSipauthClient(_Retrying):
             call_id=call_id,
             algorithms=algorithms,
         )
-        response: auth_pb2.IssueChallengeResponse = await self._call(self._stub.IssueChallenge, request)
+        response: auth_pb2.IssueChallengeResponse = await self._call("IssueChallenge", request)
         return response
 
     async def verify_response(
@@ -275,7 +392,7 @@ class AsyncSipauthClient(_Retrying):
         source_ip: str = "",
         call_id: str = "",
     ) -> auth_pb2.VerifyResponseResponse:
-        """Ask for a verdict on an Authorization / Proxy-Authorization value."""
+        """Ask for a verdict on an Authorization / Proxy-Authorization value ('' = none: a challenge)."""
         request = _verify_request(
             authorization=authorization,
             method=method,
@@ -286,15 +403,32 @@ class AsyncSipauthClient(_Retrying):
             source_ip=source_ip,
             call_id=call_id,
         )
-        response: auth_pb2.VerifyResponseResponse = await self._call(self._stub.VerifyResponse, request)
+        response: auth_pb2.VerifyResponseResponse = await self._call("VerifyResponse", request)
         return response
 
+    async def authorize(self, request: ProxyRequest, *, retry_after: int = 5) -> ProxyDecision:
+        """What a proxy does with ``request``; see :meth:`SipauthClient.authorize`."""
+        if (decision := pass_through(request)) is not None:
+            return decision
+        try:
+            response: auth_pb2.VerifyResponseResponse = await self._call("VerifyResponse", verify_request_for(request))
+        except grpc.RpcError as exc:
+            return failure_decision(exc.code(), retry_after=retry_after)
+        return decision_for(request, response)
+
     async def close(self) -> None:
-        """Close the channel."""
-        await self._channel.close()
+        """Close this process's channel; the next call opens a new one."""
+        channel = self._channel.take()
+        if channel is not None:
+            await channel.close()
 
     async def __aenter__(self) -> AsyncSipauthClient:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+
+def _merge(options: ClientOptions | None, overrides: dict[str, Any]) -> ClientOptions:
+    """``options`` (or the defaults) with ``overrides`` applied; unknown names raise TypeError."""
+    return dataclasses.replace(options or ClientOptions(), **overrides)
