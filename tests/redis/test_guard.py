@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,7 +28,11 @@ from tests.support.redis_server import RedisServer
 pytestmark = pytest.mark.redis
 
 #: The ACL rules sipauth needs, and nothing more (docs/redis.md quotes them).
-MINIMAL_ACL = "~sipauth:* resetchannels -@all +evalsha +eval +script|load +ping +get +set"
+# Replay: EVALSHA/EVAL (+SCRIPT LOAD after NOSCRIPT) running GET and SET; health: PING.
+# Lockout: HMGET (state), the counting script's HMGET/HSET/PEXPIRE, DEL (reset), SCAN (`sipauth unlock`).
+MINIMAL_ACL = (
+    "~sipauth:* resetchannels -@all +evalsha +eval +script|load +ping +get +set +hmget +hset +pexpire +del +scan"
+)
 
 
 def guard_for(server: RedisServer, timeout: float = 0.25, **options: Any) -> RedisReplayGuard:
@@ -137,7 +142,8 @@ def _tls_redis(tmp_path: Path, password: str) -> tuple[RedisServer, int, trustme
 async def test_tls_and_acl_user_with_minimal_rules(tmp_path: Path) -> None:
     """Over rediss:// with a client certificate and an ACL user held to MINIMAL_ACL, sipauth accepts once, then refuses.
 
-    The same user is denied anything else (KEYS), so the rules are as small as they look.
+    Lockout counting, reset and unlock work under the same rules; the user is denied anything else
+    (KEYS), so the rules are as small as they look.
     """
     password = "redis-" + os.urandom(8).hex()
     server, tls_port, _ca, certs = _tls_redis(tmp_path, password)
@@ -157,8 +163,17 @@ async def test_tls_and_acl_user_with_minimal_rules(tmp_path: Path) -> None:
         try:
             issued = app.authenticator.issue_challenge(ChallengeRequest(method="REGISTER"))
             authorization = answer(issued.header_values[0])
-            request = VerifyRequest(method="REGISTER", request_uri=URI, authorization=authorization)
+            ip = "192.0.2.1"
+            wrong = re.sub(r'response="(.)', lambda m: 'response="' + ("0" if m[1] != "0" else "1"), authorization)
+            failed = await app.authenticator.verify(
+                VerifyRequest(method="REGISTER", request_uri=URI, authorization=wrong, source_ip=ip)
+            )
+            assert (failed.verdict, failed.reason) == (Verdict.REJECT, "bad_credentials")
+            request = VerifyRequest(method="REGISTER", request_uri=URI, authorization=authorization, source_ip=ip)
             assert (await app.authenticator.verify(request)).verdict is Verdict.ACCEPT
+            lockout = app.authenticator.lockout
+            assert lockout is not None
+            assert await lockout.unlock(realm="example.test", source_ip=ip) == 1  # the IP's counter
             replayed = await app.authenticator.verify(request)
             assert (replayed.verdict, replayed.reason) == (Verdict.STALE, "nonce_replayed")
             assert await app.replay.ping()

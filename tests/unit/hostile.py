@@ -81,4 +81,8 @@ HOSTILE: list[tuple[str, str]] = [
     ("huge nonce", _with(nonce='"' + "N" * 5000 + '"')),
     ("escaped quote soup", 'Digest username="\\"\\"\\\\\\"", realm="\\'),
     ("deeply nested parens", _with(username='"' + "(" * 1000 + '"')),
+    ("escaped control character in cnonce", _with(cnonce='"c\\\x1bc"')),
+    ("escaped DEL in username", _with(username='"al\\\x7fice"')),
+    ("session algorithm without qop", _with(qop="", nc="", cnonce="") + ", algorithm=MD5-sess"),
+    ("algorithm with a Unicode long s", _OK + ', algorithm="MD5-\u017fe\u017f\u017f"'),
 ]

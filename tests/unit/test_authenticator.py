@@ -327,3 +327,57 @@ async def test_requested_algorithm_subset(auth: Authenticator) -> None:
         ChallengeRequest(method="INVITE", algorithms=(Algorithm.MD5, Algorithm.SHA_512_256, Algorithm.SHA_256))
     )
     assert [parse_challenge(v).algorithm for v in challenge.header_values] == ["MD5", "SHA-256"]
+
+
+async def test_answer_without_qop_is_single_use_whatever_nc_is_attached(users: Path, clock: Clock) -> None:
+    """An accepted qop-less answer re-sent with a higher nc attached is a replay: its digest covers no nc."""
+    auth = make(users, clock, allow_qop_less=True)
+    challenge = auth.issue_challenge(ChallengeRequest(method="REGISTER"))
+    params = parse_challenge(challenge.header_values[0])
+    no_qop = answer_challenge(
+        type(params)(realm=REALM, nonce=params.nonce, algorithm="SHA-256"),
+        username="alice",
+        password="wonderland",
+        method="REGISTER",
+        uri=URI,
+    )
+    first = await verify(auth, no_qop + ", nc=00000001")
+    assert first.verdict is Verdict.ACCEPT
+    for nc in ("00000002", "00000003"):
+        again = await verify(auth, no_qop + f", nc={nc}")
+        assert (again.verdict, again.reason) == (Verdict.STALE, "nonce_replayed")
+
+
+async def test_batch_of_poolable_challenges(auth: Authenticator) -> None:
+    """count=N mints N independent challenges, all poolable without bindings, each answerable once."""
+    challenge = auth.issue_challenge(ChallengeRequest(method="REGISTER", count=4))
+    assert challenge.poolable
+    assert len(challenge.additional) == 3
+    nonces = {parse_challenge(v).nonce for values in (challenge.header_values, *challenge.additional) for v in values}
+    assert len(nonces) == 8
+    for values in challenge.additional:
+        pooled = Challenge(401, "WWW-Authenticate", values, 300)
+        assert (await verify(auth, answer(pooled, "alice", "wonderland"))).verdict is Verdict.ACCEPT
+
+
+@pytest.mark.parametrize("binding", ["bind_source_ip", "bind_call_id"])
+def test_bound_challenges_are_not_poolable(users: Path, clock: Clock, binding: str) -> None:
+    """With a per-request binding the answer is one challenge for this request, marked not poolable."""
+    auth = make(users, clock, **{binding: True})
+    challenge = auth.issue_challenge(ChallengeRequest(method="REGISTER", source_ip="192.0.2.1", call_id="c", count=8))
+    assert not challenge.poolable
+    assert challenge.additional == ()
+
+
+@pytest.mark.parametrize("count", [0, 1])
+def test_count_zero_or_one_is_one_challenge(auth: Authenticator, count: int) -> None:
+    """count 0 (unset) and 1 both give the single challenge of before, now marked poolable."""
+    challenge = auth.issue_challenge(ChallengeRequest(method="REGISTER", count=count))
+    assert challenge.additional == ()
+    assert challenge.poolable
+
+
+def test_count_is_bounded(auth: Authenticator) -> None:
+    """More than 64 challenges in one call is a request the proxy should not send."""
+    with pytest.raises(InvalidRequest, match="count"):
+        auth.issue_challenge(ChallengeRequest(method="REGISTER", count=65))

@@ -66,9 +66,10 @@ class Algorithm(enum.Enum):
 
     @classmethod
     def parse(cls, token: str) -> Algorithm:
-        """Look up a wire token case-insensitively (RFC 7616: tokens are case-insensitive)."""
-        folded = token.casefold()
-        for algorithm in cls:
-            if algorithm.value.casefold() == folded:
-                return algorithm
+        """Look up a wire token case-insensitively (RFC 7616), comparing ASCII only (no Unicode case folding)."""
+        if token.isascii():
+            folded = token.lower()
+            for algorithm in cls:
+                if algorithm.value.lower() == folded:
+                    return algorithm
         raise UnsupportedAlgorithm(f"unsupported digest algorithm {token[:40]!r}")

@@ -15,17 +15,22 @@ challenge per algorithm, most preferred first.
 
 from __future__ import annotations
 
+import functools
+import re
 from collections.abc import Sequence
 
 from .algorithms import Algorithm
 
-__all__ = ["build_authentication_info", "build_challenge", "quote"]
+__all__ = ["build_authentication_info", "build_challenge", "challenge_template", "quote"]
+
+# Control characters other than HTAB cannot appear in a quoted-string (RFC 3261 section 25.1: qdtext).
+_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f]")
 
 
 def quote(value: str) -> str:
     r"""Render a quoted-string, escaping ``\\`` and ``"`` (RFC 3261 section 25.1)."""
-    if any(ch in value for ch in "\r\n\x00"):
-        raise ValueError("a quoted-string cannot hold CR, LF or NUL")
+    if _CONTROL.search(value):
+        raise ValueError("a quoted-string cannot hold control characters")
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
@@ -40,18 +45,39 @@ def build_challenge(
     userhash: bool = False,
 ) -> str:
     """One challenge value, e.g. ``Digest realm="x", qop="auth", algorithm=SHA-256, nonce="..."``."""
+    before, after = challenge_template(
+        realm=realm, algorithm=algorithm, qop=qop, stale=stale, opaque=opaque, userhash=userhash
+    )
+    return before + quote(nonce)[1:-1] + after
+
+
+@functools.lru_cache(maxsize=256)
+def challenge_template(
+    *,
+    realm: str,
+    algorithm: Algorithm,
+    qop: Sequence[str],
+    stale: bool = False,
+    opaque: str | None = None,
+    userhash: bool = False,
+) -> tuple[str, str]:
+    """A challenge value split around its nonce: ``before + nonce + after`` (the nonce quoted-string safe).
+
+    Everything but the nonce is the same for a realm, so it is rendered once (``qop`` must be hashable).
+    """
     parts = [f"realm={quote(realm)}"]
     if qop:
         parts.append(f"qop={quote(','.join(qop))}")
     parts.append(f"algorithm={algorithm.token}")
-    parts.append(f"nonce={quote(nonce)}")
+    parts.append('nonce="\0"')
     if opaque is not None:
         parts.append(f"opaque={quote(opaque)}")
     if stale:
         parts.append("stale=true")
     if userhash:
         parts.append("userhash=true")
-    return "Digest " + ", ".join(parts)
+    before, after = ("Digest " + ", ".join(parts)).split("\0")
+    return before, after
 
 
 def build_authentication_info(

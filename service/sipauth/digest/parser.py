@@ -63,6 +63,7 @@ _FOLD = re.compile(r"\r\n[ \t]+")
 _UNESCAPE = re.compile(r"\\(.)")
 _NC = re.compile(r"[0-9A-Fa-f]{8}")
 _HEX = re.compile(r"[0-9a-f]+")
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 # RFC 8187 ext-value: charset "'" [ language ] "'" value-chars
 _EXT_VALUE = re.compile(r"(?P<charset>[A-Za-z0-9!#$%&+\-^_`{}~]+)'[A-Za-z0-9\-]*'(?P<chars>[A-Za-z0-9!#$&+\-.^_`|~%]*)")
 
@@ -121,6 +122,10 @@ def _split_params(text: str, limits: Limits) -> dict[str, str]:
         value = _unquote(quoted) if quoted is not None else match["bare"]
         if name in params:
             raise MalformedCredentials(f"duplicate digest parameter {name!r}")
+        if _CONTROL.search(value):
+            # quoted-pair admits escaped control characters; nothing legitimate needs them,
+            # and echoing one (cnonce in Authentication-Info) would break the header.
+            raise MalformedCredentials(f"digest parameter {name!r} holds a control character")
         if len(value) > limits.max_value_length:
             raise MalformedCredentials(f"digest parameter {name!r} is longer than {limits.max_value_length}")
         if len(params) >= limits.max_parameters:
@@ -203,6 +208,9 @@ def parse_credentials(header: str, limits: Limits = DEFAULT_LIMITS) -> Credentia
 
     algorithm_raw = params.get("algorithm")
     algorithm = Algorithm.parse(algorithm_raw) if algorithm_raw is not None else Algorithm.MD5
+    if algorithm.is_session and qop is None:
+        # RFC 7616 section 3.4.2: -sess re-keys HA1 with the cnonce, which is only sent with qop.
+        raise MalformedCredentials(f"{algorithm.token} requires qop")
 
     return Credentials(
         username=username,
