@@ -190,3 +190,49 @@ async def test_two_workers_share_the_port(
         await login_on_new_connections(5)
     assert _pids_in_audit(audit) - pids, "the killed worker was not replaced"
     assert proc.stop() == 0
+
+
+async def test_sighup_reloads_users_and_nonce_keys(
+    sipauth_process: Callable[..., SipauthProcess], tmp_path: Path
+) -> None:
+    """SIGHUP re-reads the users file (a new user logs in) and the nonce keys (old nonces still verify)."""
+    users = tmp_path / "users.yaml"
+    users.write_text("users:\n  alice: {password: wonderland}\n")
+    keys = tmp_path / "nonce-keys"
+    keys.write_text("a" * 40 + "\n")
+    proc = sipauth_process({"users_file": str(users), "nonce_keys_file": str(keys), "workers": 1})
+    async with AsyncSipauthClient(proc.target, timeout=5, retries=0) as client:
+        before = await client.issue_challenge(method="REGISTER")
+        unknown = answer_for(before, username="dora", password="explorer")
+        refused = await client.verify_response(authorization=unknown, method="REGISTER", request_uri=URI)
+        assert refused.reason == "bad_credentials"
+
+        users.write_text("users:\n  alice: {password: wonderland}\n  dora: {password: explorer}\n")
+        keys.write_text("b" * 40 + "\n" + "a" * 40 + "\n")
+        assert proc.proc is not None
+        proc.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while not any('"message": "reloaded"' in line for line in proc.output):
+            assert time.monotonic() < deadline, "no reload logged"
+            await asyncio.sleep(0.05)
+
+        # A nonce of the old key, answered by the new user: both reloads took effect.
+        answer = answer_for(before, username="dora", password="explorer", nc=2)
+        accepted = await client.verify_response(authorization=answer, method="REGISTER", request_uri=URI)
+        assert accepted.verdict == auth_pb2.VERDICT_ACCEPT
+        after = await client.issue_challenge(method="REGISTER")
+        nonce_before = before.header_values[0].split('nonce="')[1][:8]
+        nonce_after = after.header_values[0].split('nonce="')[1][:8]
+        assert nonce_before != nonce_after  # the key id inside the nonce changed: minted with the new key
+
+        # An invalid file is refused and the keys in force stay.
+        keys.write_text("short\n")
+        proc.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while not any("reload failed" in line for line in proc.output):
+            assert time.monotonic() < deadline, "no reload failure logged"
+            await asyncio.sleep(0.05)
+        still = answer_for(after, username="alice", password="wonderland")
+        ok = await client.verify_response(authorization=still, method="REGISTER", request_uri=URI)
+        assert ok.verdict == auth_pb2.VERDICT_ACCEPT
+    assert proc.stop() == 0
