@@ -27,7 +27,7 @@ FUZZ_RUNS     ?= 1000000
 FUZZ_WEIGHTS  ?= parser=3,verify=1
 FUZZ_TOLERATE ?=
 
-.PHONY: run test lint typecheck proto proto-check sysdeps venv kamailio-venv clean fuzz
+.PHONY: run test lint typecheck proto proto-check sysdeps venv kamailio-venv clean fuzz bench
 
 $(STAMP): pyproject.toml clients/python/pyproject.toml $(SETUP)
 	$(SETUP) venv $(VENV)
@@ -62,6 +62,15 @@ typecheck: $(STAMP)
 
 test: $(STAMP) sysdeps $(KAMAILIO_STAMP) proto-check lint typecheck
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# `make bench`: sipauth (Redis + slapd behind the cache) against an empty-handler gRPC server, then
+# SIPp -> Kamailio three ways; prints the table, writes bench/results/. ~6 minutes. Not part of `make test`.
+BENCH_PACKAGES := $(TEST_PACKAGES) h2load:nghttp2-client taskset:util-linux
+BENCH_ARGS ?=
+
+bench: $(STAMP) $(KAMAILIO_STAMP)
+	$(SETUP) packages $(BENCH_PACKAGES)
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 fuzz: $(STAMP)
 	$(BIN)/python -m tests.fuzz run --runs $(FUZZ_RUNS) --weights $(FUZZ_WEIGHTS) --tolerate "$(FUZZ_TOLERATE)"

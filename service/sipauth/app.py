@@ -28,7 +28,7 @@ from .server import SERVICE_NAME, AuthServicer, generic_handler
 from .server.client_identity import ClientIdentityInterceptor
 from .server.tls import server_credentials
 
-__all__ = ["App", "RunningServer", "build_app", "serve", "start_server"]
+__all__ = ["App", "RunningServer", "build_app", "serve", "server_options", "start_server"]
 
 HEALTH_SERVICE_NAME = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 
@@ -235,6 +235,12 @@ def _bind(server: grpc.aio.Server, field: str, listen: str, credentials: grpc.Se
         raise ConfigError(f"{field}: cannot bind {listen}") from exc
 
 
+def server_options(settings: Settings, *, reuse_port: bool) -> list[tuple[str, int]]:
+    """The grpc.aio server options of the main port (the benchmark's baseline server uses them too)."""
+    max_message = settings.max_body_bytes + settings.max_header_length + 64 * 1024
+    return [("grpc.max_receive_message_length", max_message), ("grpc.so_reuseport", int(reuse_port))]
+
+
 async def start_server(settings: Settings, *, reuse_port: bool = False) -> RunningServer:
     """Build the app and start serving it on ``settings.listen`` (port 0: any free port).
 
@@ -246,11 +252,7 @@ async def start_server(settings: Settings, *, reuse_port: bool = False) -> Runni
     if tls is not None and tls.client_ca_file is not None:
         interceptors.append(ClientIdentityInterceptor(ClientAllowlist(tls.allowed_clients)))
     app = build_app(settings)
-    max_message = settings.max_body_bytes + settings.max_header_length + 64 * 1024
-    server = grpc.aio.server(
-        interceptors=interceptors,
-        options=[("grpc.max_receive_message_length", max_message), ("grpc.so_reuseport", int(reuse_port))],
-    )
+    server = grpc.aio.server(interceptors=interceptors, options=server_options(settings, reuse_port=reuse_port))
     server.add_generic_rpc_handlers((generic_handler(AuthServicer(app.authenticator)),))
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)

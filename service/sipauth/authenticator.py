@@ -6,6 +6,7 @@ servicer translates; tests and other front ends call this directly.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import hashlib
 import hmac
@@ -23,7 +24,7 @@ from .digest import (
     Limits,
     UnsupportedAlgorithm,
     build_authentication_info,
-    build_challenge,
+    challenge_template,
     digests_equal,
     parse_credentials,
     request_digest,
@@ -91,6 +92,8 @@ class RequestLimits:
     max_source_ip_length: int = 64
     max_realm_length: int = 256
     max_body_bytes: int = 1 << 20
+    #: Most challenges one IssueChallenge may mint.
+    max_challenge_count: int = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +108,8 @@ class ChallengeRequest:
     call_id: str = ""
     #: Offer these, in this order; empty means the realm's configured order.
     algorithms: tuple[Algorithm, ...] = ()
+    #: How many independent challenges (0 means 1); more than one only where they may be pooled.
+    count: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +120,10 @@ class Challenge:
     header_name: str
     header_values: tuple[str, ...]
     nonce_ttl_seconds: int
+    #: Further challenges (each one fresh nonce per algorithm) when several were asked for.
+    additional: tuple[tuple[str, ...], ...] = ()
+    #: The nonces are bound to no per-request fact: a client may keep them for later requests.
+    poolable: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,7 +239,17 @@ class Authenticator:
                 raise InvalidRequest(f"none of the requested algorithms is allowed in realm {policy.realm!r}")
         else:
             algorithms = policy.algorithms
-        return self._challenge(policy, request.kind, request.source_ip, request.call_id, algorithms, stale=False)
+        if not 0 <= request.count <= self.limits.max_challenge_count:
+            raise InvalidRequest(f"count must be between 1 and {self.limits.max_challenge_count}")
+        challenge = self._challenge(policy, request.kind, request.source_ip, request.call_id, algorithms, stale=False)
+        poolable = not (policy.bind_source_ip or policy.bind_call_id)
+        if not poolable:
+            return challenge
+        more = tuple(
+            self._challenge(policy, request.kind, "", "", algorithms, stale=False).header_values
+            for _ in range(request.count - 1)
+        )
+        return dataclasses.replace(challenge, additional=more, poolable=True)
 
     def _challenge(
         self,
@@ -244,18 +263,15 @@ class Authenticator:
     ) -> Challenge:
         now = self.clock()
         binding = policy.binding(source_ip, call_id)
-        values = tuple(
-            build_challenge(
-                realm=policy.realm,
-                nonce=self.keyring.mint(binding, algorithm, now=now, ttl=policy.nonce_ttl),
-                algorithm=algorithm,
-                qop=policy.qop,
-                stale=stale,
-                userhash=policy.userhash,
+        mint = self.keyring.mint
+        values = []
+        for algorithm in algorithms:
+            # A nonce is base64url: nothing in it needs escaping inside the quotes.
+            before, after = challenge_template(
+                realm=policy.realm, algorithm=algorithm, qop=policy.qop, stale=stale, userhash=policy.userhash
             )
-            for algorithm in algorithms
-        )
-        return Challenge(kind.status_code, kind.header_name, values, policy.nonce_ttl)
+            values.append(before + mint(binding, algorithm, now=now, ttl=policy.nonce_ttl) + after)
+        return Challenge(kind.status_code, kind.header_name, tuple(values), policy.nonce_ttl)
 
     # -- VerifyResponse ------------------------------------------------------
 
@@ -370,6 +386,9 @@ class Authenticator:
             username = resolved
         ctx.username = username
 
+        fast = await self._decide_in_one_trip(ctx, credentials, nonce, username)
+        if fast is not None:
+            return fast
         lock_state = None
         if self.lockout is not None:
             lock_state = await self.lockout.check(policy.realm, username, request.source_ip)
@@ -392,12 +411,54 @@ class Authenticator:
         now = self.clock()
         if nonce.expired(now):
             return self._refuse(ctx, Verdict.STALE, "nonce_expired")
-        one_time = policy.replay_mode is ReplayMode.ONE_TIME or credentials.nc is None
-        fresh = await self.replay.consume(nonce.replay_id, None if one_time else credentials.nc, nonce.remaining(now))
+        fresh = await self.replay.consume(nonce.replay_id, _replay_nc(policy, credentials), nonce.remaining(now))
         if not fresh:
             return self._refuse(ctx, Verdict.STALE, "nonce_replayed")
         if self.lockout is not None and lock_state is not None and lock_state.has_failures:
             await self.lockout.succeeded(policy.realm, username, request.source_ip)
+        return self._accept(ctx, credentials, record, now)
+
+    async def _decide_in_one_trip(
+        self, ctx: _Context, credentials: Credentials, nonce: OpenedNonce, username: str
+    ) -> Decision | None:
+        """The common case in one Redis round trip: a cached user, a correct answer, a live nonce.
+
+        The lockout state is read in the same round trip as the replay consume,
+        so the verdict is the one :meth:`_decide` reaches (LOCKED before
+        anything else); only the nonce of a locked user's correct answer is
+        spent. None when the case does not apply (cache miss, wrong answer,
+        refused account, expired nonce, no shared Redis): :meth:`_decide` goes
+        the long way.
+        """
+        lockout = self.lockout
+        consume_reading = getattr(self.replay, "consume_reading", None)
+        peek = getattr(self.credentials, "peek", None)
+        if lockout is None or consume_reading is None or peek is None or not lockout.reads_beside(self.replay):
+            return None
+        request, policy = ctx.request, ctx.policy
+        record: UserRecord | None = peek(username, policy.realm)
+        now = self.clock()
+        if (
+            record is None
+            or record.refusal is not None
+            or nonce.expired(now)
+            or not self._matches(record, credentials, request, policy.realm, username)
+        ):
+            return None
+        nc = _replay_nc(policy, credentials)
+        remaining = nonce.remaining(now)
+
+        async def consume(keys: Sequence[str], fields: Sequence[str]) -> tuple[bool, list[object]]:
+            result: tuple[bool, list[object]] = await consume_reading(nonce.replay_id, nc, remaining, keys, fields)
+            return result
+
+        lock_state, fresh = await lockout.check_consuming(policy.realm, username, request.source_ip, consume)
+        if lock_state is not None and lock_state.locked(self.clock()):
+            return self._refuse(ctx, Verdict.LOCKED, "locked_out")
+        if not fresh:
+            return self._refuse(ctx, Verdict.STALE, "nonce_replayed")
+        if lock_state is not None and lock_state.has_failures:
+            await lockout.succeeded(policy.realm, username, request.source_ip)
         return self._accept(ctx, credentials, record, now)
 
     async def _resolve_userhash(self, credentials: Credentials, policy: RealmPolicy) -> str | None:
@@ -451,3 +512,15 @@ def _why_not(record: UserRecord | None, credentials: Credentials, policy: RealmP
     if record.ha1_for(credentials.algorithm, policy.realm, credentials.username) is None:
         return "no_ha1_for_algorithm"
     return "wrong_password"
+
+
+def _replay_nc(policy: RealmPolicy, credentials: Credentials) -> int | None:
+    """The nc the replay guard records, or None for a single-use answer.
+
+    An answer without qop has no nc in its digest: any nc attached to it is
+    meaningless, so it is always single-use (else copies with nc=2, 3... would
+    each be fresh).
+    """
+    if policy.replay_mode is ReplayMode.ONE_TIME or credentials.qop is None:
+        return None
+    return credentials.nc

@@ -434,29 +434,24 @@ def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+#: Settings that name files, by section ("" = top level): relative paths are relative to the settings file.
+_FILE_SETTINGS: dict[str, tuple[str, ...]] = {
+    "": ("users_file", "nonce_keys_file", "audit_file"),
+    "redis": ("password_file", "tls_ca_file", "tls_cert_file", "tls_key_file"),
+    "tls": ("cert_file", "key_file", "client_ca_file"),
+    "ldap": ("bind_password_file", "ca_file", "client_cert_file", "client_key_file"),
+}
+
+
 def _resolve_paths(data: dict[str, Any], base: Path) -> None:
-    for key in ("users_file", "nonce_keys_file", "audit_file"):
-        value = data.get(key)
-        if isinstance(value, str) and value and not Path(value).is_absolute():
-            data[key] = str(base / value)
-    redis_data = data.get("redis")
-    if isinstance(redis_data, dict):
-        for key in ("password_file", "tls_ca_file", "tls_cert_file", "tls_key_file"):
-            value = redis_data.get(key)
+    for section, keys in _FILE_SETTINGS.items():
+        node = data if not section else data.get(section)
+        if not isinstance(node, dict):
+            continue
+        for key in keys:
+            value = node.get(key)
             if isinstance(value, str) and value and not Path(value).is_absolute():
-                redis_data[key] = str(base / value)
-    tls_data = data.get("tls")
-    if isinstance(tls_data, dict):
-        for key in ("cert_file", "key_file", "client_ca_file"):
-            value = tls_data.get(key)
-            if isinstance(value, str) and value and not Path(value).is_absolute():
-                tls_data[key] = str(base / value)
-    ldap_data = data.get("ldap")
-    if isinstance(ldap_data, dict):
-        for key in ("bind_password_file", "ca_file", "client_cert_file", "client_key_file"):
-            value = ldap_data.get(key)
-            if isinstance(value, str) and value and not Path(value).is_absolute():
-                ldap_data[key] = str(base / value)
+                node[key] = str(base / value)
 
 
 def _describe(exc: ValidationError) -> str:

@@ -21,14 +21,17 @@ import ipaddress
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+import redis.exceptions
 
 from .errors import BackendUnavailable
 from .metrics import LOCKOUTS
 
 __all__ = [
+    "ConsumeReading",
     "FallbackLockoutStore",
     "Lockout",
     "LockoutPolicy",
@@ -40,6 +43,8 @@ __all__ = [
 ]
 
 KEY_PREFIX = "sipauth:lock:"
+#: Records a replay use and reads hashes in the same round trip: (keys, fields) -> (fresh, rows).
+ConsumeReading = Callable[[Sequence[str], Sequence[str]], Awaitable[tuple[bool, list[Any]]]]
 log = logging.getLogger("sipauth.lockout")
 
 
@@ -228,33 +233,59 @@ return imposed
 class RedisLockoutStore:
     """Counters in Redis (standalone, Sentinel or Cluster), shared by every replica."""
 
+    #: The hash fields a state read needs (HMGET key u f).
+    STATE_FIELDS = ("u", "f")
+
     def __init__(self, client: Any) -> None:
         self._client = client
         self._fail = client.register_script(_FAIL)
+
+    @property
+    def client(self) -> Any:
+        """The Redis client (shared with the replay guard)."""
+        return self._client
+
+    @staticmethod
+    def parse_state(row: Sequence[Any]) -> tuple[float, int]:
+        """(locked-until, failures) from one ``HMGET key u f`` answer."""
+        return float(row[0] or 0) / 1000, int(row[1] or 0)
 
     async def state(self, keys: Sequence[str]) -> list[tuple[float, int]]:
         """(locked-until, failures) per key, in one round trip."""
         try:
             pipe = self._client.pipeline(transaction=False)
             for key in keys:
-                pipe.hmget(key, "u", "f")
+                pipe.hmget(key, *self.STATE_FIELDS)
             rows = await pipe.execute()
         except Exception as exc:
             raise BackendUnavailable(f"lockout store failed: {type(exc).__name__}") from exc
-        return [(float(row[0] or 0) / 1000, int(row[1] or 0)) for row in rows]
+        return [self.parse_state(row) for row in rows]
 
     async def fail(self, scopes: Sequence[Scope], policy: LockoutPolicy, now: float) -> list[float]:
-        """Count a failure in each scope, in one round trip."""
+        """Count a failure in each scope, in one round trip.
+
+        The script goes by its SHA (a script registered on a pipeline would cost a
+        SCRIPT EXISTS round trip each time); on NOSCRIPT nothing ran, so it is
+        loaded and the pipeline sent once more.
+        """
         now_ms = math.floor(now * 1000)
         try:
-            pipe = self._client.pipeline(transaction=False)
-            for scope in scopes:
-                args = [now_ms, int(policy.window * 1000), scope.threshold, int(policy.base_lock * 1000)]
-                await self._fail(keys=[scope.key], args=[*args, int(policy.max_lock * 1000)], client=pipe)
-            results = await pipe.execute()
+            try:
+                results = await self._fail_pipeline(scopes, policy, now_ms)
+            except redis.exceptions.NoScriptError:
+                self._fail.sha = await self._client.script_load(_FAIL)
+                results = await self._fail_pipeline(scopes, policy, now_ms)
         except Exception as exc:
             raise BackendUnavailable(f"lockout store failed: {type(exc).__name__}") from exc
         return [float(r) / 1000 for r in results]
+
+    async def _fail_pipeline(self, scopes: Sequence[Scope], policy: LockoutPolicy, now_ms: int) -> list[Any]:
+        pipe = self._client.pipeline(transaction=False)
+        window, base, cap = int(policy.window * 1000), int(policy.base_lock * 1000), int(policy.max_lock * 1000)
+        for scope in scopes:
+            pipe.evalsha(self._fail.sha, 1, scope.key, now_ms, window, scope.threshold, base, cap)
+        results: list[Any] = await pipe.execute()
+        return results
 
     async def clear(self, keys: Sequence[str]) -> None:
         """Forget these counters."""
@@ -331,17 +362,40 @@ class Lockout:
             scopes.append(Scope(keys["user"], self.policy.user_threshold, "user"))
         return scopes
 
-    async def check(self, realm: str, username: str, source_ip: str) -> LockoutState | None:
-        """The state for this attempt, or None when lockout does not apply to it."""
-        if self.policy.exempt(source_ip):
-            return None
-        scopes = self._scopes(realm, username, source_ip)
-        if not scopes:
-            return None
-        rows = await self.store.state([scope.key for scope in scopes])
+    def _checked_scopes(self, realm: str, username: str, source_ip: str) -> list[Scope]:
+        return [] if self.policy.exempt(source_ip) else self._scopes(realm, username, source_ip)
+
+    @staticmethod
+    def _state(scopes: Sequence[Scope], rows: Sequence[tuple[float, int]]) -> LockoutState:
         locked_until = max(row[0] for row in rows)
         user_failures = any(row[1] or row[0] for scope, row in zip(scopes, rows, strict=True) if scope.kind != "ip")
         return LockoutState(locked_until, user_failures)
+
+    async def check(self, realm: str, username: str, source_ip: str) -> LockoutState | None:
+        """The state for this attempt, or None when lockout does not apply to it."""
+        scopes = self._checked_scopes(realm, username, source_ip)
+        if not scopes:
+            return None
+        return self._state(scopes, await self.store.state([scope.key for scope in scopes]))
+
+    def reads_beside(self, replay: object) -> bool:
+        """Whether the state can be read in the replay guard's round trip (same Redis client)."""
+        client = getattr(replay, "client", None)
+        return isinstance(self.store, RedisLockoutStore) and client is not None and self.store.client is client
+
+    async def check_consuming(
+        self, realm: str, username: str, source_ip: str, consume: ConsumeReading
+    ) -> tuple[LockoutState | None, bool]:
+        """:meth:`check` and a replay consume in one round trip: (state, fresh).
+
+        ``consume(keys, fields)`` records the use and reads the hashes beside it
+        (``RedisReplayGuard.consume_reading``); only for a :meth:`reads_beside` store.
+        """
+        scopes = self._checked_scopes(realm, username, source_ip)
+        fresh, rows = await consume([scope.key for scope in scopes], RedisLockoutStore.STATE_FIELDS)
+        if not scopes:
+            return None, fresh
+        return self._state(scopes, [RedisLockoutStore.parse_state(row) for row in rows]), fresh
 
     async def failed(self, realm: str, username: str, source_ip: str) -> list[str]:
         """Record a wrong answer; returns the scopes (user_ip, ip, user) it locked."""

@@ -43,9 +43,8 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        for key, value in vars(record).items():
-            if key not in self._STANDARD and not key.startswith("_"):
-                entry[key] = value
+        standard = self._STANDARD
+        entry.update({key: value for key, value in vars(record).items() if key not in standard and key[0] != "_"})
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str, ensure_ascii=False)
@@ -53,6 +52,12 @@ class JsonFormatter(logging.Formatter):
 
 def configure_logging(level: str, audit_file: Path | None = None) -> None:
     """Send every log line to stderr as JSON at ``level``; audit lines also to ``audit_file`` if set."""
+    # The JSON lines carry none of the caller's file, line, thread or process name: skip
+    # computing them for every record (walking the stack for the caller is the dearest part).
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     handler.addFilter(ContextFilter())

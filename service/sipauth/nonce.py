@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 import os
@@ -67,11 +68,17 @@ class NonceBinding:
 
     def encode(self) -> bytes:
         """Length-prefixed UTF-8, so no two bindings encode alike."""
-        out = bytearray()
-        for text in (self.realm, self.source_ip, self.call_id):
-            data = text.encode("utf-8", "surrogatepass")
-            out += struct.pack(">I", len(data)) + data
-        return bytes(out)
+        return _encode_binding(self.realm, self.source_ip, self.call_id)
+
+
+@functools.lru_cache(maxsize=1024)
+def _encode_binding(*texts: str) -> bytes:
+    # Cached: without per-request bindings every nonce of a realm has the same one.
+    out = bytearray()
+    for text in texts:
+        data = text.encode("utf-8", "surrogatepass")
+        out += struct.pack(">I", len(data)) + data
+    return bytes(out)
 
 
 @dataclass(frozen=True, slots=True)

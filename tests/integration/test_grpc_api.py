@@ -209,3 +209,11 @@ async def test_health_and_reflection(server: RunningServer) -> None:
             assert "sipauth.v1.AuthService" in names
             assert "grpc.health.v1.Health" in names
             break
+
+
+async def test_challenge_batch_over_grpc(client: AsyncSipauthClient) -> None:
+    """IssueChallenge with count=5 returns the first challenge plus four additional ones, marked poolable."""
+    response = await client.issue_challenge(method="REGISTER", count=5)
+    assert response.poolable
+    assert len(response.additional_challenges) == 4
+    assert all(len(extra.header_values) == 2 for extra in response.additional_challenges)

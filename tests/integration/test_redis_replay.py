@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from sipauth.app import RunningServer
-from sipauth_client import AsyncSipauthClient, auth_pb2
+from sipauth_client import AsyncSipauthClient, answer_challenge, auth_pb2, parse_challenge
 from tests.support.answers import answer_for
 from tests.support.redis_server import RedisServer
 from tests.support.sipauth_process import SipauthProcess
@@ -119,3 +119,22 @@ async def test_replay_key_expires_with_the_nonce(server_factory: Callable[..., A
     (key,) = redis.keys("*")
     assert key.startswith(b"sipauth:n:{")
     assert 0 < redis.pttl(key) <= 30_000
+
+
+async def test_answer_without_qop_is_single_use_on_redis(
+    server_factory: Callable[..., Any], redis_server: RedisServer
+) -> None:
+    """On the Redis path too, an accepted qop-less answer re-sent with a higher nc attached is a replay."""
+    server: RunningServer = await server_factory(redis={"url": redis_server.url}, policy={"allow_qop_less": True})
+    async with AsyncSipauthClient(f"127.0.0.1:{server.port}", timeout=5, retries=0) as client:
+        challenge = await client.issue_challenge(method="REGISTER", algorithms=["SHA-256"])
+        params = parse_challenge(challenge.header_values[0])
+        no_qop = answer_challenge(
+            type(params)(realm=params.realm, nonce=params.nonce, algorithm=params.algorithm),
+            username="alice",
+            password="wonderland",
+            method="REGISTER",
+            uri=URI,
+        )
+        verdicts = [(await _verify(client, no_qop + f", nc={nc:08x}")).verdict for nc in (1, 2, 3)]
+    assert verdicts == [auth_pb2.VERDICT_ACCEPT, auth_pb2.VERDICT_STALE, auth_pb2.VERDICT_STALE]

@@ -171,7 +171,10 @@ async def test_two_workers_share_the_port(
 
     async def login_on_new_connections(count: int) -> None:
         for _ in range(count):
-            async with AsyncSipauthClient(proc.target, timeout=5, retries=3) as client:
+            # A local subchannel pool: gRPC would otherwise reuse one TCP connection for every channel
+            # to the same target, and one connection always lands on the same worker.
+            options = (("grpc.use_local_subchannel_pool", 1),)
+            async with AsyncSipauthClient(proc.target, timeout=5, retries=3, channel_options=options) as client:
                 challenge = await client.issue_challenge(method="REGISTER")
                 answer = answer_for(challenge, username="alice", password="wonderland")
                 verdict = await client.verify_response(authorization=answer, method="REGISTER", request_uri=URI)

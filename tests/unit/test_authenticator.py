@@ -71,6 +71,18 @@ def answer(challenge: Challenge, user: str, password: str, *, index: int = 0, nc
     )
 
 
+def answer_without_qop(challenge: Challenge) -> str:
+    """Alice's RFC 2069 answer (no qop, nc or cnonce) to the first challenge value."""
+    params = parse_challenge(challenge.header_values[0])
+    return answer_challenge(
+        type(params)(realm=REALM, nonce=params.nonce, algorithm=params.algorithm),
+        username="alice",
+        password="wonderland",
+        method="REGISTER",
+        uri=URI,
+    )
+
+
 async def verify(auth: Authenticator, authorization: str, **kw: object) -> Decision:
     request = VerifyRequest(
         method=str(kw.pop("method", "REGISTER")), request_uri=str(kw.pop("uri", URI)), authorization=authorization, **kw
@@ -234,28 +246,14 @@ async def test_qop_rules(users: Path, clock: Clock) -> None:
     """No qop is refused unless allowed (RFC 8760); auth-int is refused when only auth is offered."""
     auth = make(users, clock)
     challenge = auth.issue_challenge(ChallengeRequest(method="REGISTER"))
-    params = parse_challenge(challenge.header_values[0])
-    no_qop = answer_challenge(
-        type(params)(realm=REALM, nonce=params.nonce, algorithm="SHA-256"),
-        username="alice",
-        password="wonderland",
-        method="REGISTER",
-        uri=URI,
-    )
+    no_qop = answer_without_qop(challenge)
     assert (await verify(auth, no_qop)).reason == "qop_missing"
     auth_int = answer(challenge, "alice", "wonderland", qop="auth-int")
     assert (await verify(auth, auth_int)).reason == "qop_not_offered"
 
     legacy = make(users, clock, allow_qop_less=True, qop=("auth", "auth-int"))
     challenge = legacy.issue_challenge(ChallengeRequest(method="REGISTER"))
-    params = parse_challenge(challenge.header_values[0])
-    no_qop = answer_challenge(
-        type(params)(realm=REALM, nonce=params.nonce, algorithm="SHA-256"),
-        username="alice",
-        password="wonderland",
-        method="REGISTER",
-        uri=URI,
-    )
+    no_qop = answer_without_qop(challenge)
     assert (await verify(legacy, no_qop)).verdict is Verdict.ACCEPT
     assert (await verify(legacy, no_qop)).reason == "nonce_replayed"
     body = b"v=0\r\n"
@@ -333,14 +331,7 @@ async def test_answer_without_qop_is_single_use_whatever_nc_is_attached(users: P
     """An accepted qop-less answer re-sent with a higher nc attached is a replay: its digest covers no nc."""
     auth = make(users, clock, allow_qop_less=True)
     challenge = auth.issue_challenge(ChallengeRequest(method="REGISTER"))
-    params = parse_challenge(challenge.header_values[0])
-    no_qop = answer_challenge(
-        type(params)(realm=REALM, nonce=params.nonce, algorithm="SHA-256"),
-        username="alice",
-        password="wonderland",
-        method="REGISTER",
-        uri=URI,
-    )
+    no_qop = answer_without_qop(challenge)
     first = await verify(auth, no_qop + ", nc=00000001")
     assert first.verdict is Verdict.ACCEPT
     for nc in ("00000002", "00000003"):

@@ -26,7 +26,17 @@ from typing import Any, Generic, TypeVar
 
 import grpc
 
-from .proxy import ProxyDecision, ProxyRequest, decision_for, failure_decision, pass_through, verify_request_for
+from .pool import ChallengePool
+from .proxy import (
+    ProxyDecision,
+    ProxyRequest,
+    challenge_decision,
+    decision_for,
+    failure_decision,
+    pass_through,
+    select_credentials,
+    verify_request_for,
+)
 from .v1 import auth_pb2, auth_pb2_grpc
 
 __all__ = ["AsyncSipauthClient", "ClientOptions", "SipauthClient", "TlsConfig", "algorithm_values"]
@@ -88,12 +98,18 @@ class ClientOptions:
     tls: TlsConfig | None = None
     #: Extra gRPC channel arguments, e.g. ``("grpc.lb_policy_name", "round_robin")``.
     channel_options: tuple[tuple[str, Any], ...] = field(default_factory=tuple)
+    #: ``authorize``: answer requests without credentials from a pool of challenges fetched this
+    #: many at a time (IssueChallenge ``count``), when the server says they may be pooled; 0: one
+    #: VerifyResponse call per such request, as before.
+    challenge_batch: int = 0
 
     def __post_init__(self) -> None:
         if self.timeout <= 0:
             raise ValueError("timeout must be positive")
         if self.retries < 0 or self.backoff < 0 or self.max_backoff < 0:
             raise ValueError("retries, backoff and max_backoff must not be negative")
+        if not 0 <= self.challenge_batch <= 64:
+            raise ValueError("challenge_batch must be between 0 and 64")
 
     def delays(self) -> Iterator[float]:
         """The waits between attempts: ``retries`` of them, growing exponentially."""
@@ -129,7 +145,15 @@ def _challenge_type(proxy: bool) -> auth_pb2.ChallengeType:
 
 
 def _challenge_request(
-    *, method: str, realm: str, proxy: bool, request_uri: str, source_ip: str, call_id: str, algorithms: Sequence[str]
+    *,
+    method: str,
+    realm: str,
+    proxy: bool,
+    request_uri: str,
+    source_ip: str,
+    call_id: str,
+    algorithms: Sequence[str],
+    count: int = 1,
 ) -> auth_pb2.IssueChallengeRequest:
     return auth_pb2.IssueChallengeRequest(
         method=method,
@@ -139,6 +163,7 @@ def _challenge_request(
         source_ip=source_ip,
         call_id=call_id,
         algorithms=algorithm_values(algorithms),
+        count=count,
     )
 
 
@@ -235,6 +260,7 @@ class SipauthClient:
         self._channel = _PerProcessChannel(
             target, self.options, insecure if self.options.tls is None else grpc.secure_channel
         )
+        self._pool = ChallengePool(self.options.challenge_batch)
 
     @property
     def target(self) -> str:
@@ -262,8 +288,9 @@ class SipauthClient:
         source_ip: str = "",
         call_id: str = "",
         algorithms: Sequence[str] = (),
+        count: int = 1,
     ) -> auth_pb2.IssueChallengeResponse:
-        """Ask for a 401 (or 407 with ``proxy=True``) challenge."""
+        """Ask for a 401 (or 407 with ``proxy=True``) challenge (``count`` > 1: a batch, if poolable)."""
         request = _challenge_request(
             method=method,
             realm=realm,
@@ -272,6 +299,7 @@ class SipauthClient:
             source_ip=source_ip,
             call_id=call_id,
             algorithms=algorithms,
+            count=count,
         )
         response: auth_pb2.IssueChallengeResponse = self._call("IssueChallenge", request)
         return response
@@ -307,14 +335,40 @@ class SipauthClient:
 
         One VerifyResponse call; never raises for a gRPC failure (it becomes
         503 + Retry-After, or 500 / 400). ACK and CANCEL pass without a call.
+        With ``challenge_batch``, a request without credentials is answered
+        from the pool of challenges (one IssueChallenge per batch) while the
+        server allows pooling.
         """
         if (decision := pass_through(request)) is not None:
             return decision
+        if self._pool.enabled and not select_credentials(request.authorization, request.realm):
+            try:
+                pooled = self._pool.take(request.realm, request.proxy, lambda: self._fetch_batch(request))
+            except grpc.RpcError as exc:
+                return failure_decision(exc.code(), retry_after=retry_after)
+            if pooled is not None:
+                return challenge_decision(request, *pooled)
         try:
             response: auth_pb2.VerifyResponseResponse = self._call("VerifyResponse", verify_request_for(request))
         except grpc.RpcError as exc:
             return failure_decision(exc.code(), retry_after=retry_after)
         return decision_for(request, response)
+
+    def _fetch_batch(self, request: ProxyRequest) -> auth_pb2.IssueChallengeResponse:
+        response: auth_pb2.IssueChallengeResponse = self._call(
+            "IssueChallenge",
+            _challenge_request(
+                method=request.method,
+                realm=request.realm,
+                proxy=request.proxy,
+                request_uri=request.request_uri,
+                source_ip=request.source_ip,
+                call_id=request.call_id,
+                algorithms=(),
+                count=self.options.challenge_batch,
+            ),
+        )
+        return response
 
     def close(self) -> None:
         """Close this process's channel; the next call opens a new one."""
@@ -366,8 +420,9 @@ class AsyncSipauthClient:
         source_ip: str = "",
         call_id: str = "",
         algorithms: Sequence[str] = (),
+        count: int = 1,
     ) -> auth_pb2.IssueChallengeResponse:
-        """Ask for a 401 (or 407 with ``proxy=True``) challenge."""
+        """Ask for a 401 (or 407 with ``proxy=True``) challenge (``count`` > 1: a batch, if poolable)."""
         request = _challenge_request(
             method=method,
             realm=realm,
@@ -376,6 +431,7 @@ class AsyncSipauthClient:
             source_ip=source_ip,
             call_id=call_id,
             algorithms=algorithms,
+            count=count,
         )
         response: auth_pb2.IssueChallengeResponse = await self._call("IssueChallenge", request)
         return response

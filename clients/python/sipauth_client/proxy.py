@@ -35,6 +35,7 @@ __all__ = [
     "Action",
     "ProxyDecision",
     "ProxyRequest",
+    "challenge_decision",
     "decision_for",
     "failure_decision",
     "pass_through",
@@ -214,6 +215,12 @@ def decision_for(request: ProxyRequest, response: auth_pb2.VerifyResponseRespons
         return _reply(400, verdict, response.reason)
     # An unknown verdict from a newer server is never taken as acceptance.
     return _reply(500, verdict, response.reason or "unknown_verdict", [("Retry-After", "5")], fault=True)
+
+
+def challenge_decision(request: ProxyRequest, header_name: str, values: Sequence[str]) -> ProxyDecision:
+    """The 401/407 for a request without credentials, from a challenge kept in the client's pool."""
+    status = 407 if request.proxy else 401
+    return _reply(status, "REJECT", "credentials_missing", [(header_name, value) for value in values])
 
 
 def failure_decision(code: grpc.StatusCode, *, retry_after: int = 5) -> ProxyDecision:

@@ -105,6 +105,8 @@ def answer_challenge(
     """The Authorization / Proxy-Authorization value answering ``challenge``."""
     if qop is None and challenge.qop:
         qop = "auth" if "auth" in challenge.qop else challenge.qop[0]
+    if qop is None and challenge.algorithm.upper().endswith("-SESS"):
+        raise ValueError("a -sess algorithm needs qop: its HA1 covers the cnonce, which is only sent with qop")
     cnonce = cnonce or os.urandom(8).hex()
     nc_value = f"{nc:08x}"
     response = _response(

@@ -29,6 +29,7 @@ __all__ = ["CacheStats", "CachedCredentialSource"]
 
 log = logging.getLogger("sipauth.credentials.cache")
 _Key = tuple[str, str]
+_HITS = CACHE.labels("hit")
 
 
 @dataclass(slots=True)
@@ -86,6 +87,16 @@ class CachedCredentialSource:
         ttl = self.positive_ttl if entry.record is not None else self.negative_ttl
         return now - entry.fetched_at < ttl
 
+    def peek(self, username: str, realm: str) -> UserRecord | None:
+        """The fresh cached record of a known user, with no I/O; None when a lookup would be needed."""
+        entry = self._entries.get((username, realm))
+        if entry is None or entry.record is None or self.clock() - entry.fetched_at >= self.positive_ttl:
+            return None
+        self._entries.move_to_end((username, realm))
+        self.stats.hits += 1
+        _HITS.inc()
+        return entry.record
+
     async def lookup(self, username: str, realm: str, *, refresh: bool = False) -> UserRecord | None:
         """The cached record, or the source's answer (see the module docstring for the rules)."""
         key = (username, realm)
@@ -102,7 +113,7 @@ class CachedCredentialSource:
                 CACHE.labels("refresh").inc()
             elif self._fresh(entry, now):
                 self.stats.hits += 1
-                CACHE.labels("hit").inc()
+                _HITS.inc()
                 return entry.record
         flight = self._in_flight.get(key)
         if flight is not None:

@@ -127,6 +127,10 @@ class UsersFile:
             self._userhashes[(realm, algorithm.base)] = index
         return index.get(digest)
 
+    def peek(self, username: str, realm: str) -> UserRecord | None:
+        """The user's record, with no I/O (the file is in memory)."""
+        return self._users.get(username)
+
     async def lookup(self, username: str, realm: str, *, refresh: bool = False) -> UserRecord | None:
         """The user's record (names are case-sensitive, as digest usernames are)."""
         return self._users.get(username)

@@ -8,7 +8,7 @@ arguments, so it is tested exhaustively without servers.
 from .algorithms import Algorithm
 from .compute import compute_ha1, digests_equal, request_digest, response_auth, userhash
 from .errors import DigestError, MalformedCredentials, UnsupportedAlgorithm
-from .headers import build_authentication_info, build_challenge, quote
+from .headers import build_authentication_info, build_challenge, challenge_template, quote
 from .parser import Credentials, Limits, parse_credentials
 from .uri import uris_match
 
@@ -21,6 +21,7 @@ __all__ = [
     "UnsupportedAlgorithm",
     "build_authentication_info",
     "build_challenge",
+    "challenge_template",
     "compute_ha1",
     "digests_equal",
     "parse_credentials",

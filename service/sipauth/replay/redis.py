@@ -17,6 +17,7 @@ import asyncio
 import math
 import ssl
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -48,6 +49,8 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
 """
 
+# Labelled once: ``labels()`` costs a lock and a dict lookup on every call.
+_CONSUME_LATENCY = BACKEND_LATENCY.labels("redis", "consume")
 _PING_ATTEMPTS = 3
 _PING_BACKOFF = 0.05
 
@@ -118,8 +121,58 @@ class RedisReplayGuard:
             BACKEND_ERRORS.labels("redis", "consume").inc()
             raise
         finally:
-            BACKEND_LATENCY.labels("redis", "consume").observe(time.perf_counter() - started)
+            _CONSUME_LATENCY.observe(time.perf_counter() - started)
         return int(result) == 1
+
+    async def consume_reading(
+        self, replay_id: str, nc: int | None, ttl: float, keys: Sequence[str], fields: Sequence[str]
+    ) -> tuple[bool, list[Any]]:
+        """:meth:`consume`, and ``HMGET key *fields`` for each of ``keys``, in one round trip where possible.
+
+        Standalone and Sentinel: one pipeline (not a transaction: the reads are a
+        snapshot taken beside the consume, not atomic with it). The script is
+        sent by its SHA; on NOSCRIPT (it did not run) it is loaded and the
+        pipeline sent once more. Cluster, where the keys live on different
+        nodes, and ``wait_replicas`` read first, then consume.
+        """
+        if self._wait_replicas or isinstance(self._client, RedisCluster) or not keys:
+            rows = await self._read(keys, fields) if keys else []
+            return await self.consume(replay_id, nc, ttl), rows
+        ttl_ms = max(1, math.ceil(ttl * 1000))
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(self._timeout), self._slots:
+                try:
+                    results = await self._pipeline(replay_key(replay_id), nc or 0, ttl_ms, keys, fields)
+                except redis.exceptions.NoScriptError:
+                    self._script.sha = await self._client.script_load(CONSUME_SCRIPT)
+                    results = await self._pipeline(replay_key(replay_id), nc or 0, ttl_ms, keys, fields)
+        except (redis.exceptions.RedisError, OSError) as exc:
+            BACKEND_ERRORS.labels("redis", "consume").inc()
+            raise _failure(exc) from exc
+        finally:
+            _CONSUME_LATENCY.observe(time.perf_counter() - started)
+        return int(results[-1]) == 1, list(results[:-1])
+
+    async def _pipeline(self, key: str, nc: int, ttl_ms: int, keys: Sequence[str], fields: Sequence[str]) -> list[Any]:
+        pipe = self._client.pipeline(transaction=False)
+        for read in keys:
+            pipe.hmget(read, *fields)
+        pipe.evalsha(self._script.sha, 1, key, nc, ttl_ms)
+        results: list[Any] = await pipe.execute()
+        return results
+
+    async def _read(self, keys: Sequence[str], fields: Sequence[str]) -> list[Any]:
+        try:
+            async with asyncio.timeout(self._timeout):
+                pipe = self._client.pipeline(transaction=False)
+                for read in keys:
+                    pipe.hmget(read, *fields)
+                rows: list[Any] = await pipe.execute()
+        except (redis.exceptions.RedisError, OSError) as exc:
+            BACKEND_ERRORS.labels("redis", "read").inc()
+            raise _failure(exc) from exc
+        return rows
 
     async def _consume_replicated(self, key: str, args: list[int]) -> Any:
         async with self._client.client() as connection:

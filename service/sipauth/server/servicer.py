@@ -10,8 +10,8 @@ default INTERNAL: see ``_decoder``.
 from __future__ import annotations
 
 import logging
+import os
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -99,12 +99,16 @@ def _algorithms(values: Any) -> tuple[Algorithm, ...]:
 
 def challenge_to_proto(challenge: Challenge) -> auth_pb2.IssueChallengeResponse:
     """Domain challenge -> proto."""
-    return auth_pb2.IssueChallengeResponse(
+    response = auth_pb2.IssueChallengeResponse(
         status_code=challenge.status_code,
         header_name=challenge.header_name,
         header_values=challenge.header_values,
         nonce_ttl_seconds=challenge.nonce_ttl_seconds,
+        poolable=challenge.poolable,
     )
+    for values in challenge.additional:
+        response.additional_challenges.add(header_values=values)
+    return response
 
 
 def _identity_to_proto(identity: Identity) -> auth_pb2.Identity:
@@ -155,6 +159,7 @@ class AuthServicer:
                     source_ip=request.source_ip,
                     call_id=request.call_id,
                     algorithms=_algorithms(request.algorithms),
+                    count=request.count or 1,
                 )
             )
             realm = request.realm or self._authenticator.default_realm
@@ -199,7 +204,19 @@ def _request_id(context: grpc.aio.ServicerContext) -> str:
     for key, value in context.invocation_metadata() or ():
         if key == "x-request-id" and isinstance(value, str) and 0 < len(value) <= 128 and value.isprintable():
             return value
-    return uuid.uuid4().hex[:16]
+    return os.urandom(8).hex()
+
+
+class _Outcomes(dict[tuple[str, str, str, str, str], Any]):
+    """REQUESTS children by label values, made once each: ``labels()`` takes a lock on every call."""
+
+    def __missing__(self, key: tuple[str, str, str, str, str]) -> Any:
+        child = self[key] = REQUESTS.labels(*key)
+        return child
+
+
+_OUTCOMES = _Outcomes()
+_LATENCY = {rpc: REQUEST_LATENCY.labels(rpc) for rpc in ("IssueChallenge", "VerifyResponse")}
 
 
 async def _observed(
@@ -230,13 +247,13 @@ async def _observed(
                 log.exception("internal error")
                 code, details = grpc.StatusCode.INTERNAL, "internal error"
             else:
-                REQUESTS.labels(rpc, verdict, reason, realm, algorithm).inc()
+                _OUTCOMES[rpc, verdict, reason, realm, algorithm].inc()
                 return response
-        REQUESTS.labels(rpc, "fault", code.name.lower(), "", "").inc()
+        _OUTCOMES[rpc, "fault", code.name.lower(), "", ""].inc()
         if on_fault is not None:
             on_fault(code)
     finally:
-        REQUEST_LATENCY.labels(rpc).observe(time.perf_counter() - started)
+        _LATENCY[rpc].observe(time.perf_counter() - started)
         INFLIGHT.dec()
         current_request_id.reset(token)
     await context.abort(code, details)

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15sipauth/v1/auth.proto\x12\nsipauth.v1\"\xc3\x01\n\x15IssueChallengeRequest\x12\r\n\x05realm\x18\x01 \x01(\t\x12\'\n\x04type\x18\x02 \x01(\x0e\x32\x19.sipauth.v1.ChallengeType\x12\x0e\n\x06method\x18\x03 \x01(\t\x12\x13\n\x0brequest_uri\x18\x04 \x01(\t\x12\x11\n\tsource_ip\x18\x05 \x01(\t\x12\x0f\n\x07\x63\x61ll_id\x18\x06 \x01(\t\x12)\n\nalgorithms\x18\x07 \x03(\x0e\x32\x15.sipauth.v1.Algorithm\"t\n\x16IssueChallengeResponse\x12\x13\n\x0bstatus_code\x18\x01 \x01(\r\x12\x13\n\x0bheader_name\x18\x02 \x01(\t\x12\x15\n\rheader_values\x18\x03 \x03(\t\x12\x19\n\x11nonce_ttl_seconds\x18\x04 \x01(\r\"\xbd\x01\n\x15VerifyResponseRequest\x12\x15\n\rauthorization\x18\x01 \x01(\t\x12\x0e\n\x06method\x18\x02 \x01(\t\x12\x13\n\x0brequest_uri\x18\x03 \x01(\t\x12\x0c\n\x04\x62ody\x18\x04 \x01(\x0c\x12\r\n\x05realm\x18\x05 \x01(\t\x12\'\n\x04type\x18\x06 \x01(\x0e\x32\x19.sipauth.v1.ChallengeType\x12\x11\n\tsource_ip\x18\x07 \x01(\t\x12\x0f\n\x07\x63\x61ll_id\x18\x08 \x01(\t\"\xae\x01\n\x08Identity\x12\x14\n\x0c\x64isplay_name\x18\x01 \x01(\t\x12\x0f\n\x07sip_uri\x18\x02 \x01(\t\x12\x0e\n\x06groups\x18\x03 \x03(\t\x12\x38\n\nattributes\x18\x04 \x03(\x0b\x32$.sipauth.v1.Identity.AttributesEntry\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xf1\x01\n\x16VerifyResponseResponse\x12$\n\x07verdict\x18\x01 \x01(\x0e\x32\x13.sipauth.v1.Verdict\x12\x10\n\x08username\x18\x02 \x01(\t\x12\x13\n\x0bstatus_code\x18\x03 \x01(\r\x12\x35\n\tchallenge\x18\x04 \x01(\x0b\x32\".sipauth.v1.IssueChallengeResponse\x12\x1b\n\x13\x61uthentication_info\x18\x05 \x01(\t\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12&\n\x08identity\x18\x07 \x01(\x0b\x32\x14.sipauth.v1.Identity*\x9d\x01\n\x07Verdict\x12\x17\n\x13VERDICT_UNSPECIFIED\x10\x00\x12\x12\n\x0eVERDICT_ACCEPT\x10\x01\x12\x12\n\x0eVERDICT_REJECT\x10\x02\x12\x11\n\rVERDICT_STALE\x10\x03\x12\x13\n\x0fVERDICT_INVALID\x10\x04\x12\x12\n\x0eVERDICT_LOCKED\x10\x05\x12\x15\n\x11VERDICT_FORBIDDEN\x10\x06*\xbf\x01\n\tAlgorithm\x12\x19\n\x15\x41LGORITHM_UNSPECIFIED\x10\x00\x12\x11\n\rALGORITHM_MD5\x10\x01\x12\x16\n\x12\x41LGORITHM_MD5_SESS\x10\x02\x12\x15\n\x11\x41LGORITHM_SHA_256\x10\x03\x12\x1a\n\x16\x41LGORITHM_SHA_256_SESS\x10\x04\x12\x19\n\x15\x41LGORITHM_SHA_512_256\x10\x05\x12\x1e\n\x1a\x41LGORITHM_SHA_512_256_SESS\x10\x06*a\n\rChallengeType\x12\x1e\n\x1a\x43HALLENGE_TYPE_UNSPECIFIED\x10\x00\x12\x16\n\x12\x43HALLENGE_TYPE_WWW\x10\x01\x12\x18\n\x14\x43HALLENGE_TYPE_PROXY\x10\x02\x32\xbf\x01\n\x0b\x41uthService\x12W\n\x0eIssueChallenge\x12!.sipauth.v1.IssueChallengeRequest\x1a\".sipauth.v1.IssueChallengeResponse\x12W\n\x0eVerifyResponse\x12!.sipauth.v1.VerifyResponseRequest\x1a\".sipauth.v1.VerifyResponseResponseB1P\x01Z-example.test/sipauth/gen/sipauth/v1;sipauthv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15sipauth/v1/auth.proto\x12\nsipauth.v1\"\xd2\x01\n\x15IssueChallengeRequest\x12\r\n\x05realm\x18\x01 \x01(\t\x12\'\n\x04type\x18\x02 \x01(\x0e\x32\x19.sipauth.v1.ChallengeType\x12\x0e\n\x06method\x18\x03 \x01(\t\x12\x13\n\x0brequest_uri\x18\x04 \x01(\t\x12\x11\n\tsource_ip\x18\x05 \x01(\t\x12\x0f\n\x07\x63\x61ll_id\x18\x06 \x01(\t\x12)\n\nalgorithms\x18\x07 \x03(\x0e\x32\x15.sipauth.v1.Algorithm\x12\r\n\x05\x63ount\x18\x08 \x01(\r\"(\n\x0f\x43hallengeValues\x12\x15\n\rheader_values\x18\x01 \x03(\t\"\xc2\x01\n\x16IssueChallengeResponse\x12\x13\n\x0bstatus_code\x18\x01 \x01(\r\x12\x13\n\x0bheader_name\x18\x02 \x01(\t\x12\x15\n\rheader_values\x18\x03 \x03(\t\x12\x19\n\x11nonce_ttl_seconds\x18\x04 \x01(\r\x12:\n\x15\x61\x64\x64itional_challenges\x18\x05 \x03(\x0b\x32\x1b.sipauth.v1.ChallengeValues\x12\x10\n\x08poolable\x18\x06 \x01(\x08\"\xbd\x01\n\x15VerifyResponseRequest\x12\x15\n\rauthorization\x18\x01 \x01(\t\x12\x0e\n\x06method\x18\x02 \x01(\t\x12\x13\n\x0brequest_uri\x18\x03 \x01(\t\x12\x0c\n\x04\x62ody\x18\x04 \x01(\x0c\x12\r\n\x05realm\x18\x05 \x01(\t\x12\'\n\x04type\x18\x06 \x01(\x0e\x32\x19.sipauth.v1.ChallengeType\x12\x11\n\tsource_ip\x18\x07 \x01(\t\x12\x0f\n\x07\x63\x61ll_id\x18\x08 \x01(\t\"\xae\x01\n\x08Identity\x12\x14\n\x0c\x64isplay_name\x18\x01 \x01(\t\x12\x0f\n\x07sip_uri\x18\x02 \x01(\t\x12\x0e\n\x06groups\x18\x03 \x03(\t\x12\x38\n\nattributes\x18\x04 \x03(\x0b\x32$.sipauth.v1.Identity.AttributesEntry\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xf1\x01\n\x16VerifyResponseResponse\x12$\n\x07verdict\x18\x01 \x01(\x0e\x32\x13.sipauth.v1.Verdict\x12\x10\n\x08username\x18\x02 \x01(\t\x12\x13\n\x0bstatus_code\x18\x03 \x01(\r\x12\x35\n\tchallenge\x18\x04 \x01(\x0b\x32\".sipauth.v1.IssueChallengeResponse\x12\x1b\n\x13\x61uthentication_info\x18\x05 \x01(\t\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12&\n\x08identity\x18\x07 \x01(\x0b\x32\x14.sipauth.v1.Identity*\x9d\x01\n\x07Verdict\x12\x17\n\x13VERDICT_UNSPECIFIED\x10\x00\x12\x12\n\x0eVERDICT_ACCEPT\x10\x01\x12\x12\n\x0eVERDICT_REJECT\x10\x02\x12\x11\n\rVERDICT_STALE\x10\x03\x12\x13\n\x0fVERDICT_INVALID\x10\x04\x12\x12\n\x0eVERDICT_LOCKED\x10\x05\x12\x15\n\x11VERDICT_FORBIDDEN\x10\x06*\xbf\x01\n\tAlgorithm\x12\x19\n\x15\x41LGORITHM_UNSPECIFIED\x10\x00\x12\x11\n\rALGORITHM_MD5\x10\x01\x12\x16\n\x12\x41LGORITHM_MD5_SESS\x10\x02\x12\x15\n\x11\x41LGORITHM_SHA_256\x10\x03\x12\x1a\n\x16\x41LGORITHM_SHA_256_SESS\x10\x04\x12\x19\n\x15\x41LGORITHM_SHA_512_256\x10\x05\x12\x1e\n\x1a\x41LGORITHM_SHA_512_256_SESS\x10\x06*a\n\rChallengeType\x12\x1e\n\x1a\x43HALLENGE_TYPE_UNSPECIFIED\x10\x00\x12\x16\n\x12\x43HALLENGE_TYPE_WWW\x10\x01\x12\x18\n\x14\x43HALLENGE_TYPE_PROXY\x10\x02\x32\xbf\x01\n\x0b\x41uthService\x12W\n\x0eIssueChallenge\x12!.sipauth.v1.IssueChallengeRequest\x1a\".sipauth.v1.IssueChallengeResponse\x12W\n\x0eVerifyResponse\x12!.sipauth.v1.VerifyResponseRequest\x1a\".sipauth.v1.VerifyResponseResponseB1P\x01Z-example.test/sipauth/gen/sipauth/v1;sipauthv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,24 +34,26 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._serialized_options = b'P\001Z-example.test/sipauth/gen/sipauth/v1;sipauthv1'
   _globals['_IDENTITY_ATTRIBUTESENTRY']._loaded_options = None
   _globals['_IDENTITY_ATTRIBUTESENTRY']._serialized_options = b'8\001'
-  _globals['_VERDICT']._serialized_start=967
-  _globals['_VERDICT']._serialized_end=1124
-  _globals['_ALGORITHM']._serialized_start=1127
-  _globals['_ALGORITHM']._serialized_end=1318
-  _globals['_CHALLENGETYPE']._serialized_start=1320
-  _globals['_CHALLENGETYPE']._serialized_end=1417
+  _globals['_VERDICT']._serialized_start=1103
+  _globals['_VERDICT']._serialized_end=1260
+  _globals['_ALGORITHM']._serialized_start=1263
+  _globals['_ALGORITHM']._serialized_end=1454
+  _globals['_CHALLENGETYPE']._serialized_start=1456
+  _globals['_CHALLENGETYPE']._serialized_end=1553
   _globals['_ISSUECHALLENGEREQUEST']._serialized_start=38
-  _globals['_ISSUECHALLENGEREQUEST']._serialized_end=233
-  _globals['_ISSUECHALLENGERESPONSE']._serialized_start=235
-  _globals['_ISSUECHALLENGERESPONSE']._serialized_end=351
-  _globals['_VERIFYRESPONSEREQUEST']._serialized_start=354
-  _globals['_VERIFYRESPONSEREQUEST']._serialized_end=543
-  _globals['_IDENTITY']._serialized_start=546
-  _globals['_IDENTITY']._serialized_end=720
-  _globals['_IDENTITY_ATTRIBUTESENTRY']._serialized_start=671
-  _globals['_IDENTITY_ATTRIBUTESENTRY']._serialized_end=720
-  _globals['_VERIFYRESPONSERESPONSE']._serialized_start=723
-  _globals['_VERIFYRESPONSERESPONSE']._serialized_end=964
-  _globals['_AUTHSERVICE']._serialized_start=1420
-  _globals['_AUTHSERVICE']._serialized_end=1611
+  _globals['_ISSUECHALLENGEREQUEST']._serialized_end=248
+  _globals['_CHALLENGEVALUES']._serialized_start=250
+  _globals['_CHALLENGEVALUES']._serialized_end=290
+  _globals['_ISSUECHALLENGERESPONSE']._serialized_start=293
+  _globals['_ISSUECHALLENGERESPONSE']._serialized_end=487
+  _globals['_VERIFYRESPONSEREQUEST']._serialized_start=490
+  _globals['_VERIFYRESPONSEREQUEST']._serialized_end=679
+  _globals['_IDENTITY']._serialized_start=682
+  _globals['_IDENTITY']._serialized_end=856
+  _globals['_IDENTITY_ATTRIBUTESENTRY']._serialized_start=807
+  _globals['_IDENTITY_ATTRIBUTESENTRY']._serialized_end=856
+  _globals['_VERIFYRESPONSERESPONSE']._serialized_start=859
+  _globals['_VERIFYRESPONSERESPONSE']._serialized_end=1100
+  _globals['_AUTHSERVICE']._serialized_start=1556
+  _globals['_AUTHSERVICE']._serialized_end=1747
 # @@protoc_insertion_point(module_scope)

@@ -51,7 +51,7 @@ CHALLENGE_TYPE_WWW: ChallengeType
 CHALLENGE_TYPE_PROXY: ChallengeType
 
 class IssueChallengeRequest(_message.Message):
-    __slots__ = ("realm", "type", "method", "request_uri", "source_ip", "call_id", "algorithms")
+    __slots__ = ("realm", "type", "method", "request_uri", "source_ip", "call_id", "algorithms", "count")
     REALM_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
@@ -59,6 +59,7 @@ class IssueChallengeRequest(_message.Message):
     SOURCE_IP_FIELD_NUMBER: _ClassVar[int]
     CALL_ID_FIELD_NUMBER: _ClassVar[int]
     ALGORITHMS_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
     realm: str
     type: ChallengeType
     method: str
@@ -66,19 +67,30 @@ class IssueChallengeRequest(_message.Message):
     source_ip: str
     call_id: str
     algorithms: _containers.RepeatedScalarFieldContainer[Algorithm]
-    def __init__(self, realm: _Optional[str] = ..., type: _Optional[_Union[ChallengeType, str]] = ..., method: _Optional[str] = ..., request_uri: _Optional[str] = ..., source_ip: _Optional[str] = ..., call_id: _Optional[str] = ..., algorithms: _Optional[_Iterable[_Union[Algorithm, str]]] = ...) -> None: ...
+    count: int
+    def __init__(self, realm: _Optional[str] = ..., type: _Optional[_Union[ChallengeType, str]] = ..., method: _Optional[str] = ..., request_uri: _Optional[str] = ..., source_ip: _Optional[str] = ..., call_id: _Optional[str] = ..., algorithms: _Optional[_Iterable[_Union[Algorithm, str]]] = ..., count: _Optional[int] = ...) -> None: ...
+
+class ChallengeValues(_message.Message):
+    __slots__ = ("header_values",)
+    HEADER_VALUES_FIELD_NUMBER: _ClassVar[int]
+    header_values: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, header_values: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class IssueChallengeResponse(_message.Message):
-    __slots__ = ("status_code", "header_name", "header_values", "nonce_ttl_seconds")
+    __slots__ = ("status_code", "header_name", "header_values", "nonce_ttl_seconds", "additional_challenges", "poolable")
     STATUS_CODE_FIELD_NUMBER: _ClassVar[int]
     HEADER_NAME_FIELD_NUMBER: _ClassVar[int]
     HEADER_VALUES_FIELD_NUMBER: _ClassVar[int]
     NONCE_TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    ADDITIONAL_CHALLENGES_FIELD_NUMBER: _ClassVar[int]
+    POOLABLE_FIELD_NUMBER: _ClassVar[int]
     status_code: int
     header_name: str
     header_values: _containers.RepeatedScalarFieldContainer[str]
     nonce_ttl_seconds: int
-    def __init__(self, status_code: _Optional[int] = ..., header_name: _Optional[str] = ..., header_values: _Optional[_Iterable[str]] = ..., nonce_ttl_seconds: _Optional[int] = ...) -> None: ...
+    additional_challenges: _containers.RepeatedCompositeFieldContainer[ChallengeValues]
+    poolable: bool
+    def __init__(self, status_code: _Optional[int] = ..., header_name: _Optional[str] = ..., header_values: _Optional[_Iterable[str]] = ..., nonce_ttl_seconds: _Optional[int] = ..., additional_challenges: _Optional[_Iterable[_Union[ChallengeValues, _Mapping]]] = ..., poolable: _Optional[bool] = ...) -> None: ...
 
 class VerifyResponseRequest(_message.Message):
     __slots__ = ("authorization", "method", "request_uri", "body", "realm", "type", "source_ip", "call_id")

@@ -1,0 +1,1 @@
+"""`make bench`: sipauth against an empty-handler gRPC server, gRPC and SIP level (see bench/README.md)."""
