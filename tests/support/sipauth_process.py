@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -16,7 +17,7 @@ from .procs import stop_process
 __all__ = ["EXAMPLES", "SipauthProcess"]
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-_READY = "sipauth listening on "
+_READY = re.compile(r"sipauth listening on \S+:(\d+)")
 
 
 class SipauthProcess:
@@ -57,8 +58,10 @@ class SipauthProcess:
             assert self.proc.stdout is not None
             for line in self.proc.stdout:
                 self.output.append(line)
-                if line.startswith(_READY):
-                    self.port = int(line.rsplit(":", 1)[1])
+                # Workers share the pipe: a line may be interleaved with another process's output.
+                match = _READY.match(line)
+                if match and not self.port:
+                    self.port = int(match[1])
                     ready.set()
             ready.set()
 
