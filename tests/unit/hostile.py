@@ -67,6 +67,8 @@ HOSTILE: list[tuple[str, str]] = [
     ("username and username*", _OK + ", username*=UTF-8''alice"),
     ("username* bad charset", _with(username="") + ", username*=latin1''alice"),
     ("username* bad percent", _with(username="") + ", username*=UTF-8''%ff%fe"),
+    ("username* decoding to CR", _with(username="") + ", username*=UTF-8''al%0Dice"),
+    ("username* decoding to NUL", _with(username="") + ", username*=UTF-8''al%00ice"),
     ("userhash not boolean", _OK + ", userhash=maybe"),
     ("trailing comma", _OK + ","),
     ("double comma", _OK.replace(", realm", ",, realm")),

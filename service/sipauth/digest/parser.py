@@ -104,9 +104,12 @@ def _decode_ext_value(raw: str) -> str:
     if match is None or match["charset"].upper() != "UTF-8":
         raise MalformedCredentials("username* must be an RFC 8187 ext-value in UTF-8")
     try:
-        return urllib.parse.unquote(match["chars"], encoding="utf-8", errors="strict")
+        value = urllib.parse.unquote(match["chars"], encoding="utf-8", errors="strict")
     except UnicodeDecodeError as exc:
         raise MalformedCredentials("username* is not valid UTF-8") from exc
+    if _CONTROL.search(value):
+        raise MalformedCredentials("username* decodes to a control character")
+    return value
 
 
 def _split_params(text: str, limits: Limits) -> dict[str, str]:
