@@ -59,8 +59,9 @@ class SipauthProcess:
             for line in self.proc.stdout:
                 self.output.append(line)
                 # Workers share the pipe: a line may be interleaved with another process's output.
+                # The first line of this start counts (a restart may follow an earlier start).
                 match = _READY.match(line)
-                if match and not self.port:
+                if match and not ready.is_set():
                     self.port = int(match[1])
                     ready.set()
             ready.set()

@@ -341,7 +341,8 @@ class SipauthClient:
         """
         if (decision := pass_through(request)) is not None:
             return decision
-        if self._pool.enabled and not select_credentials(request.authorization, request.realm):
+        credentials = select_credentials(request.authorization, request.realm)
+        if not credentials and self._pool.enabled:
             try:
                 pooled = self._pool.take(request.realm, request.proxy, lambda: self._fetch_batch(request))
             except grpc.RpcError as exc:
@@ -349,10 +350,12 @@ class SipauthClient:
             if pooled is not None:
                 return challenge_decision(request, *pooled)
         try:
-            response: auth_pb2.VerifyResponseResponse = self._call("VerifyResponse", verify_request_for(request))
+            response: auth_pb2.VerifyResponseResponse = self._call(
+                "VerifyResponse", verify_request_for(request, credentials)
+            )
         except grpc.RpcError as exc:
             return failure_decision(exc.code(), retry_after=retry_after)
-        return decision_for(request, response)
+        return decision_for(request, response, credentials)
 
     def _fetch_batch(self, request: ProxyRequest) -> auth_pb2.IssueChallengeResponse:
         response: auth_pb2.IssueChallengeResponse = self._call(
@@ -466,11 +469,14 @@ class AsyncSipauthClient:
         """What a proxy does with ``request``; see :meth:`SipauthClient.authorize`."""
         if (decision := pass_through(request)) is not None:
             return decision
+        credentials = select_credentials(request.authorization, request.realm)
         try:
-            response: auth_pb2.VerifyResponseResponse = await self._call("VerifyResponse", verify_request_for(request))
+            response: auth_pb2.VerifyResponseResponse = await self._call(
+                "VerifyResponse", verify_request_for(request, credentials)
+            )
         except grpc.RpcError as exc:
             return failure_decision(exc.code(), retry_after=retry_after)
-        return decision_for(request, response)
+        return decision_for(request, response, credentials)
 
     async def close(self) -> None:
         """Close this process's channel; the next call opens a new one."""

@@ -56,8 +56,12 @@ _REASONS = {
 }
 # The realm parameter of a Digest credentials value (quoted-string, RFC 7616 section 3.4).
 _REALM = re.compile(r'(?:^|[\s,])realm\s*=\s*"((?:[^"\\]|\\.)*)"', re.IGNORECASE)
+# A quoted-pair inside that quoted-string.
+_QUOTED_PAIR = re.compile(r"\\(.)")
 # Faults that mean "sipauth could not answer in time": the UA should retry later.
 _UNAVAILABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+# Verdict names without their prefix, looked up once ("ACCEPT", "REJECT"...).
+_VERDICT_NAMES = {value.number: value.name.removeprefix("VERDICT_") for value in auth_pb2.Verdict.DESCRIPTOR.values}
 
 
 class Action(enum.Enum):
@@ -139,7 +143,12 @@ def select_credentials(authorization: str | Sequence[str] | None, realm: str) ->
         return values[0] if values else ""
     for value in values:
         match = _REALM.search(value)
-        if match is not None and re.sub(r"\\(.)", r"\1", match.group(1)) == realm:
+        if match is None:
+            continue
+        found = match.group(1)
+        if "\\" in found:
+            found = _QUOTED_PAIR.sub(r"\1", found)
+        if found == realm:
             return value
     return ""
 
@@ -151,10 +160,15 @@ def pass_through(request: ProxyRequest) -> ProxyDecision | None:
     return None
 
 
-def verify_request_for(request: ProxyRequest) -> auth_pb2.VerifyResponseRequest:
-    """The VerifyResponse request for ``request`` (empty credentials ask for a challenge)."""
+def verify_request_for(request: ProxyRequest, credentials: str | None = None) -> auth_pb2.VerifyResponseRequest:
+    """The VerifyResponse request for ``request`` (empty credentials ask for a challenge).
+
+    ``credentials``: the value :func:`select_credentials` already chose for it, if known.
+    """
+    if credentials is None:
+        credentials = select_credentials(request.authorization, request.realm)
     return auth_pb2.VerifyResponseRequest(
-        authorization=select_credentials(request.authorization, request.realm),
+        authorization=credentials,
         method=request.method,
         request_uri=request.request_uri,
         body=request.body,
@@ -188,9 +202,14 @@ def _reply(
     )
 
 
-def decision_for(request: ProxyRequest, response: auth_pb2.VerifyResponseResponse) -> ProxyDecision:
-    """Turn sipauth's verdict on ``request`` into what the proxy does."""
-    verdict = auth_pb2.Verdict.Name(response.verdict).removeprefix("VERDICT_")
+def decision_for(
+    request: ProxyRequest, response: auth_pb2.VerifyResponseResponse, credentials: str | None = None
+) -> ProxyDecision:
+    """Turn sipauth's verdict on ``request`` into what the proxy does.
+
+    ``credentials``: the value :func:`select_credentials` chose for the call, if known.
+    """
+    verdict = _VERDICT_NAMES.get(response.verdict) or auth_pb2.Verdict.Name(response.verdict).removeprefix("VERDICT_")
     identity = response.identity if response.HasField("identity") else None
     if response.verdict == auth_pb2.VERDICT_ACCEPT:
         info_header = "Proxy-Authentication-Info" if request.proxy else "Authentication-Info"
@@ -198,7 +217,10 @@ def decision_for(request: ProxyRequest, response: auth_pb2.VerifyResponseRespons
         return ProxyDecision(
             Action.FORWARD,
             response_headers=info,
-            consumed=(request.credentials_header, select_credentials(request.authorization, request.realm)),
+            consumed=(
+                request.credentials_header,
+                select_credentials(request.authorization, request.realm) if credentials is None else credentials,
+            ),
             username=response.username,
             identity=identity,
             verdict=verdict,
