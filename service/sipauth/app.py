@@ -14,16 +14,19 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
+from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
 
 from .authenticator import Authenticator, RequestLimits
 from .client_allowlist import ClientAllowlist
-from .config import ConfigError, Settings, parse_listen
+from .config import ConfigError, Settings, format_listen, parse_listen
 from .credentials import CredentialSource, UsersFile, UsersFileError
 from .digest import Limits
 from .lockout import FallbackLockoutStore, Lockout, LockoutStore, MemoryLockoutStore, RedisLockoutStore
 from .metrics import HEALTH_SERVING
 from .nonce import NonceKeyring
 from .replay import MemoryReplayGuard, ReplayGuard
+from .replay.fallback import FallbackReplayGuard
+from .replay.redis import RedisEndpoint, RedisReplayGuard, connect
 from .server import SERVICE_NAME, AuthServicer, generic_handler
 from .server.client_identity import ClientIdentityInterceptor
 from .server.tls import server_credentials
@@ -49,11 +52,13 @@ class App:
         """SIGHUP: re-read the users file and the nonce keys; on error keep what is in force."""
         reload_users = getattr(self.credentials, "reload", None)
         try:
+            # Keys are read (and checked) first: a bad key file must leave the users untouched too.
+            secrets = self.settings.nonce_secrets()
+            keyring = NonceKeyring(secrets) if secrets is not None else None
             if reload_users is not None:
                 reload_users()
-            secrets = self.settings.nonce_secrets()
-            if secrets is not None:
-                self.authenticator.keyring = NonceKeyring(secrets)
+            if keyring is not None:
+                self.authenticator.keyring = keyring
         except (ConfigError, ValueError) as exc:
             log.error("reload failed: keeping the previous users and keys", extra={"error": str(exc)})  # noqa: TRY400
             return
@@ -71,7 +76,6 @@ def replay_guard_for(settings: Settings) -> ReplayGuard:
     if not redis.enabled:
         log.info("replay state in memory: this process alone can verify its nonces' replays")
         return MemoryReplayGuard(max_entries=settings.memory_replay_max_entries)
-    from .replay.redis import RedisEndpoint, connect
 
     def path(value: object) -> str | None:
         return None if value is None else str(value)
@@ -103,7 +107,6 @@ def replay_guard_for(settings: Settings) -> ReplayGuard:
     )
     if redis.failure_policy == "fail_closed":
         return shared
-    from .replay.fallback import FallbackReplayGuard
 
     return FallbackReplayGuard(shared, MemoryReplayGuard(max_entries=settings.memory_replay_max_entries))
 
@@ -142,12 +145,13 @@ def lockout_for(settings: Settings, replay: ReplayGuard) -> Lockout | None:
     policy = settings.lockout.to_policy()
     if not policy.enabled:
         return None
-    primary = getattr(replay, "primary", replay)
-    client = getattr(primary, "client", None)
-    if client is None:
+    if not settings.redis.enabled:
         return Lockout(policy, MemoryLockoutStore())
-    store: LockoutStore = RedisLockoutStore(client)
-    if primary is not replay:  # local_fallback
+    # The same client as the replay guard: the lockout state read can share its round trip.
+    shared = replay.primary if isinstance(replay, FallbackReplayGuard) else replay
+    assert isinstance(shared, RedisReplayGuard)
+    store: LockoutStore = RedisLockoutStore(shared.client)
+    if settings.redis.failure_policy == "local_fallback":
         store = FallbackLockoutStore(store, MemoryLockoutStore())
     return Lockout(policy, store)
 
@@ -226,7 +230,7 @@ class RunningServer:
 def _bind(server: grpc.aio.Server, field: str, listen: str, credentials: grpc.ServerCredentials | None) -> int:
     """Add ``listen`` to ``server`` (TLS with ``credentials``); the bound port, or ConfigError naming ``field``."""
     host, port = parse_listen(listen)
-    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    address = format_listen(host, port)
     try:
         if credentials is None:
             return int(server.add_insecure_port(address))
@@ -247,7 +251,7 @@ async def start_server(settings: Settings, *, reuse_port: bool = False) -> Runni
     ``reuse_port``: share the port with sibling worker processes (SO_REUSEPORT).
     """
     tls = settings.tls
-    credentials = None if tls is None else server_credentials(tls)[0]
+    credentials = None if tls is None else server_credentials(tls)
     interceptors: list[grpc.aio.ServerInterceptor] = []
     if tls is not None and tls.client_ca_file is not None:
         interceptors.append(ClientIdentityInterceptor(ClientAllowlist(tls.allowed_clients)))
@@ -277,7 +281,7 @@ async def start_server(settings: Settings, *, reuse_port: bool = False) -> Runni
     log.info(
         "serving",
         extra={
-            "listen": f"{host}:{bound}",
+            "listen": format_listen(host, bound),
             "realm": settings.default_realm,
             "tls": "none" if tls is None else "mutual" if tls.client_ca_file is not None else "server",
             "health_port": health_port or None,
@@ -286,20 +290,25 @@ async def start_server(settings: Settings, *, reuse_port: bool = False) -> Runni
     return RunningServer(server, bound, app, health, monitor, health_server, health_port)
 
 
+def serve_metrics(settings: Settings, registry: CollectorRegistry | None = None) -> None:
+    """Start the Prometheus endpoint of ``metrics.listen``, if set (``registry``: default one)."""
+    if settings.metrics.listen is None:
+        return
+    host, port = parse_listen(settings.metrics.listen)
+    start_http_server(port, addr=host, registry=REGISTRY if registry is None else registry)
+
+
 async def serve(settings: Settings, *, worker: bool = False, ready_file: Path | None = None) -> None:
     """Serve until SIGTERM/SIGINT, then drain in-flight calls within the grace period; SIGHUP reloads.
 
     ``worker``: one of several processes under the supervisor, which serves the metrics.
     """
     running = await start_server(settings, reuse_port=worker)
-    if not worker and settings.metrics.listen is not None:
-        from prometheus_client import start_http_server
-
-        metrics_host, metrics_port = parse_listen(settings.metrics.listen)
-        start_http_server(metrics_port, addr=metrics_host)
+    if not worker:
+        serve_metrics(settings)
     host, _ = parse_listen(settings.listen)
     # Tests and scripts read this line to learn the port when listen asks for port 0.
-    print(f"sipauth listening on {host}:{running.port}", flush=True)
+    print(f"sipauth listening on {format_listen(host, running.port)}", flush=True)
     if ready_file is not None:
         ready_file.touch()  # noqa: ASYNC240 - once at start; tells the supervisor this worker serves
     stop = asyncio.Event()

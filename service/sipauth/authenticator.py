@@ -32,10 +32,11 @@ from .digest import (
     uris_match,
 )
 from .errors import InvalidRequest
-from .lockout import Lockout
+from .lockout import Lockout, LockoutState
 from .nonce import NonceForged, NonceKeyring, OpenedNonce
 from .policy import RealmPolicy
 from .replay import ReplayGuard, ReplayMode
+from .replay.redis import RedisReplayGuard
 
 __all__ = [
     "Authenticator",
@@ -188,10 +189,16 @@ class Authenticator:
     #: Keys the stand-in HA1 of unknown users, so they cost the same work as known ones.
     dummy_key: bytes = field(default_factory=_dummy_key, repr=False)
     lockout: Lockout | None = None
+    #: The credential source's no-I/O cache read, and whether ACCEPTs can take the
+    #: one-round-trip path (decided once: the parts do not change).
+    _peek: Callable[[str, str], UserRecord | None] | None = field(init=False, default=None, repr=False)
+    _one_trip: bool = field(init=False, default=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.default_realm not in self.policies:
             raise ValueError(f"no policy for the default realm {self.default_realm!r}")
+        self._peek = getattr(self.credentials, "peek", None)
+        self._one_trip = self._peek is not None and self.lockout is not None and self.lockout.reads_beside(self.replay)
 
     # -- request checks ------------------------------------------------------
 
@@ -412,10 +419,23 @@ class Authenticator:
         if nonce.expired(now):
             return self._refuse(ctx, Verdict.STALE, "nonce_expired")
         fresh = await self.replay.consume(nonce.replay_id, _replay_nc(policy, credentials), nonce.remaining(now))
+        return await self._finish(ctx, credentials, record, lock_state=lock_state, fresh=fresh, now=now)
+
+    async def _finish(
+        self,
+        ctx: _Context,
+        credentials: Credentials,
+        record: UserRecord,
+        *,
+        lock_state: LockoutState | None,
+        fresh: bool,
+        now: float,
+    ) -> Decision:
+        """After a correct answer's replay check: STALE for a replay, else reset the user's failures and ACCEPT."""
         if not fresh:
             return self._refuse(ctx, Verdict.STALE, "nonce_replayed")
         if self.lockout is not None and lock_state is not None and lock_state.has_failures:
-            await self.lockout.succeeded(policy.realm, username, request.source_ip)
+            await self.lockout.succeeded(ctx.policy.realm, ctx.username, ctx.request.source_ip)
         return self._accept(ctx, credentials, record, now)
 
     async def _decide_in_one_trip(
@@ -430,13 +450,13 @@ class Authenticator:
         refused account, expired nonce, no shared Redis): :meth:`_decide` goes
         the long way.
         """
-        lockout = self.lockout
-        consume_reading = getattr(self.replay, "consume_reading", None)
-        peek = getattr(self.credentials, "peek", None)
-        if lockout is None or consume_reading is None or peek is None or not lockout.reads_beside(self.replay):
+        if not self._one_trip or self._peek is None:
             return None
+        lockout, replay = self.lockout, self.replay
+        assert lockout is not None
+        assert isinstance(replay, RedisReplayGuard)
         request, policy = ctx.request, ctx.policy
-        record: UserRecord | None = peek(username, policy.realm)
+        record = self._peek(username, policy.realm)
         now = self.clock()
         if (
             record is None
@@ -449,17 +469,12 @@ class Authenticator:
         remaining = nonce.remaining(now)
 
         async def consume(keys: Sequence[str], fields: Sequence[str]) -> tuple[bool, list[object]]:
-            result: tuple[bool, list[object]] = await consume_reading(nonce.replay_id, nc, remaining, keys, fields)
-            return result
+            return await replay.consume_reading(nonce.replay_id, nc, remaining, keys, fields)
 
         lock_state, fresh = await lockout.check_consuming(policy.realm, username, request.source_ip, consume)
         if lock_state is not None and lock_state.locked(self.clock()):
             return self._refuse(ctx, Verdict.LOCKED, "locked_out")
-        if not fresh:
-            return self._refuse(ctx, Verdict.STALE, "nonce_replayed")
-        if lock_state is not None and lock_state.has_failures:
-            await lockout.succeeded(policy.realm, username, request.source_ip)
-        return self._accept(ctx, credentials, record, now)
+        return await self._finish(ctx, credentials, record, lock_state=lock_state, fresh=fresh, now=now)
 
     async def _resolve_userhash(self, credentials: Credentials, policy: RealmPolicy) -> str | None:
         """The account behind H(username ":" realm), where userhash is offered and the source can tell."""

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from .config import ConfigError, Settings, load_settings
 from .credentials.ldap_settings import LdapSettings
 from .digest import Algorithm, compute_ha1
+from .errors import read_secret_file
 
 if TYPE_CHECKING:
     from .credentials.ldap import LdapSource
@@ -119,10 +120,7 @@ def _cmd_ldap_check(args: argparse.Namespace) -> int:
 
 def _writer_password(args: argparse.Namespace, ldap: LdapSettings) -> str:
     if args.bind_password_file is not None:
-        try:
-            password = str(args.bind_password_file.read_text(encoding="utf-8")).rstrip("\r\n")
-        except OSError as exc:
-            raise ConfigError(f"--bind-password-file: cannot read it: {exc.strerror}") from None
+        password = read_secret_file(args.bind_password_file, "--bind-password-file")
     elif os.environ.get(WRITER_PASSWORD_ENV):
         password = os.environ[WRITER_PASSWORD_ENV]
     elif args.bind_dn is None:
@@ -175,7 +173,7 @@ def _cmd_unlock(args: argparse.Namespace) -> int:
             if lockout is None:
                 print("sipauth: lockout is disabled in these settings; nothing to unlock", file=sys.stderr)
                 return 2
-            if getattr(replay, "client", getattr(getattr(replay, "primary", None), "client", None)) is None:
+            if not settings.redis.enabled:
                 print(
                     "sipauth: no Redis is configured, so lockout counters live in each sipauth process's memory "
                     "and cannot be reached from here (they are cleared when the process restarts)",

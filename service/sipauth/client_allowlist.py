@@ -84,9 +84,6 @@ class ClientAllowlist:
                 )
             self._dns.add(".".join(labels))
 
-    def __bool__(self) -> bool:
-        return bool(self.entries)
-
     def match(self, peer: PeerNames) -> str | None:
         """The peer's name that the allowlist admits (URI, then DNS, then ``CN=...``), or None."""
         for uri in peer.uris:

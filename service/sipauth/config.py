@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from .client_allowlist import ClientAllowlist
 from .credentials.ldap_settings import LdapSettings
 from .digest import Algorithm
+from .errors import ConfigError, read_secret_file
 from .lockout import LockoutPolicy
 from .policy import QOP_VALUES, RealmPolicy
 from .replay import ReplayMode
@@ -33,6 +34,7 @@ __all__ = [
     "RedisSettings",
     "Settings",
     "TlsSettings",
+    "format_listen",
     "is_loopback",
     "load_settings",
     "parse_listen",
@@ -44,10 +46,6 @@ _ALIASES: dict[str, tuple[str, ...]] = {
     "REDIS_URL": ("redis", "url"),
 }
 _MIN_KEY_LENGTH = 32
-
-
-class ConfigError(ValueError):
-    """Settings that cannot be used; the message names the field (never a secret value)."""
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -62,6 +60,11 @@ def parse_listen(value: str) -> tuple[str, int]:
         host = host[1:-1]
         ipaddress.IPv6Address(host)
     return host, port
+
+
+def format_listen(host: str, port: int) -> str:
+    """The inverse of :func:`parse_listen`: ``host:port``, with brackets around an IPv6 host."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def is_loopback(host: str) -> bool:
@@ -189,8 +192,14 @@ class RedisSettings(_Strict):
             raise ValueError("mode cluster needs nodes (a few host:port seeds)")
         if self.mode != "standalone" and (self.url is not None):
             raise ValueError("url is for mode standalone; use sentinels or nodes")
+        if self.mode == "standalone" and self.tls:
+            raise ValueError("tls is for modes sentinel and cluster; in mode standalone use a rediss:// url")
         if self.mode == "cluster" and self.wait_replicas:
             raise ValueError("wait_replicas is for standalone and sentinel modes")
+        if self.wait_replicas and self.failure_policy == "local_fallback":
+            # A use the replicas did not acknowledge is UNAVAILABLE by design; falling back to
+            # memory would turn it into an ACCEPT that no other replica knows of.
+            raise ValueError("wait_replicas needs failure_policy fail_closed")
         if self.mode == "cluster" and self.db != 0:
             raise ValueError("a Redis Cluster has only database 0")
         if self.password is not None and self.password_file is not None:
@@ -210,14 +219,7 @@ class RedisSettings(_Strict):
             return self.password.get_secret_value()
         if self.password_file is None:
             return None
-        try:
-            text = self.password_file.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError(f"redis.password_file: cannot read {self.password_file}: {exc.strerror}") from None
-        password = text.rstrip("\r\n")
-        if not password:
-            raise ConfigError(f"redis.password_file: {self.password_file} is empty")
-        return password
+        return read_secret_file(self.password_file, "redis.password_file")
 
 
 class TlsSettings(_Strict):

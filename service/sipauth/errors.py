@@ -2,11 +2,40 @@
 
 from __future__ import annotations
 
-__all__ = ["BackendUnavailable", "CredentialsUnavailable", "InvalidRequest", "ReplayStoreUnavailable", "SipauthError"]
+from pathlib import Path
+
+__all__ = [
+    "BackendUnavailable",
+    "ConfigError",
+    "CredentialsUnavailable",
+    "InvalidRequest",
+    "ReplayStoreUnavailable",
+    "SipauthError",
+    "read_secret_file",
+]
 
 
 class SipauthError(Exception):
     """Base of the service's own errors. Messages never carry secrets."""
+
+
+class ConfigError(ValueError):
+    """Settings that cannot be used; the message names the field (never a secret value)."""
+
+
+def read_secret_file(path: Path, field: str) -> str:
+    """The secret in ``path`` (a mounted Kubernetes Secret), without its final line break.
+
+    ConfigError naming ``field`` when it cannot be read or is empty; the value is never in a message.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{field}: cannot read {path}: {exc.strerror}") from None
+    secret = text.rstrip("\r\n")
+    if not secret:
+        raise ConfigError(f"{field}: {path} is empty")
+    return secret
 
 
 class InvalidRequest(SipauthError):

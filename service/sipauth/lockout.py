@@ -15,20 +15,20 @@ share a hash tag (the IP), so a Redis Cluster keeps them in one slot.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import hashlib
 import ipaddress
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import redis.exceptions
-
 from .errors import BackendUnavailable
 from .metrics import LOCKOUTS
+from .replay.redis import RedisReplayGuard, execute_scripted
 
 __all__ = [
     "ConsumeReading",
@@ -230,6 +230,15 @@ return imposed
 """
 
 
+@contextlib.contextmanager
+def _unavailable() -> Iterator[None]:
+    """Any Redis failure is BackendUnavailable, named by its type only (messages carry addresses)."""
+    try:
+        yield
+    except Exception as exc:
+        raise BackendUnavailable(f"lockout store failed: {type(exc).__name__}") from exc
+
+
 class RedisLockoutStore:
     """Counters in Redis (standalone, Sentinel or Cluster), shared by every replica."""
 
@@ -252,59 +261,40 @@ class RedisLockoutStore:
 
     async def state(self, keys: Sequence[str]) -> list[tuple[float, int]]:
         """(locked-until, failures) per key, in one round trip."""
-        try:
+        with _unavailable():
             pipe = self._client.pipeline(transaction=False)
             for key in keys:
                 pipe.hmget(key, *self.STATE_FIELDS)
             rows = await pipe.execute()
-        except Exception as exc:
-            raise BackendUnavailable(f"lockout store failed: {type(exc).__name__}") from exc
         return [self.parse_state(row) for row in rows]
 
     async def fail(self, scopes: Sequence[Scope], policy: LockoutPolicy, now: float) -> list[float]:
-        """Count a failure in each scope, in one round trip.
-
-        The script goes by its SHA (a script registered on a pipeline would cost a
-        SCRIPT EXISTS round trip each time); on NOSCRIPT nothing ran, so it is
-        loaded and the pipeline sent once more.
-        """
+        """Count a failure in each scope, in one round trip."""
         now_ms = math.floor(now * 1000)
-        try:
-            try:
-                results = await self._fail_pipeline(scopes, policy, now_ms)
-            except redis.exceptions.NoScriptError:
-                self._fail.sha = await self._client.script_load(_FAIL)
-                results = await self._fail_pipeline(scopes, policy, now_ms)
-        except Exception as exc:
-            raise BackendUnavailable(f"lockout store failed: {type(exc).__name__}") from exc
-        return [float(r) / 1000 for r in results]
-
-    async def _fail_pipeline(self, scopes: Sequence[Scope], policy: LockoutPolicy, now_ms: int) -> list[Any]:
-        pipe = self._client.pipeline(transaction=False)
         window, base, cap = int(policy.window * 1000), int(policy.base_lock * 1000), int(policy.max_lock * 1000)
-        for scope in scopes:
-            pipe.evalsha(self._fail.sha, 1, scope.key, now_ms, window, scope.threshold, base, cap)
-        results: list[Any] = await pipe.execute()
-        return results
+
+        def fill(pipe: Any) -> None:
+            for scope in scopes:
+                pipe.evalsha(self._fail.sha, 1, scope.key, now_ms, window, scope.threshold, base, cap)
+
+        with _unavailable():
+            results = await execute_scripted(self._client, self._fail, fill)
+        return [float(r) / 1000 for r in results]
 
     async def clear(self, keys: Sequence[str]) -> None:
         """Forget these counters."""
-        try:
+        with _unavailable():
             pipe = self._client.pipeline(transaction=False)
             for key in keys:
                 pipe.delete(key)
             await pipe.execute()
-        except Exception as exc:
-            raise BackendUnavailable(f"lockout store failed: {type(exc).__name__}") from exc
 
     async def clear_matching(self, pattern: str) -> int:
         """Forget every counter whose key matches ``pattern`` (SCAN, every Cluster node)."""
-        try:
+        with _unavailable():
             keys = [key async for key in self._client.scan_iter(match=pattern, count=1000)]
             for key in keys:
                 await self._client.delete(key)
-        except Exception as exc:
-            raise BackendUnavailable(f"lockout store failed: {type(exc).__name__}") from exc
         return len(keys)
 
 
@@ -379,9 +369,13 @@ class Lockout:
         return self._state(scopes, await self.store.state([scope.key for scope in scopes]))
 
     def reads_beside(self, replay: object) -> bool:
-        """Whether the state can be read in the replay guard's round trip (same Redis client)."""
-        client = getattr(replay, "client", None)
-        return isinstance(self.store, RedisLockoutStore) and client is not None and self.store.client is client
+        """Whether the state can be read in the replay guard's round trip (same Redis client, pipelined)."""
+        return (
+            isinstance(self.store, RedisLockoutStore)
+            and isinstance(replay, RedisReplayGuard)
+            and replay.pipelines_reads
+            and self.store.client is replay.client
+        )
 
     async def check_consuming(
         self, realm: str, username: str, source_ip: str, consume: ConsumeReading
@@ -399,9 +393,7 @@ class Lockout:
 
     async def failed(self, realm: str, username: str, source_ip: str) -> list[str]:
         """Record a wrong answer; returns the scopes (user_ip, ip, user) it locked."""
-        if self.policy.exempt(source_ip):
-            return []
-        scopes = self._scopes(realm, username, source_ip)
+        scopes = self._checked_scopes(realm, username, source_ip)
         if not scopes:
             return []
         imposed = await self.store.fail(scopes, self.policy, self.clock())

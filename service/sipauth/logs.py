@@ -10,7 +10,7 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from .server.caller import current_caller, current_request_id
+from .server.caller import AUDIT_LOGGER, current_caller, current_request_id
 
 __all__ = ["ContextFilter", "JsonFormatter", "configure_logging"]
 
@@ -64,7 +64,7 @@ def configure_logging(level: str, audit_file: Path | None = None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    audit = logging.getLogger("sipauth.audit")
+    audit = logging.getLogger(AUDIT_LOGGER)
     audit.handlers[:] = []
     audit.setLevel(logging.INFO)  # decisions are logged whatever the general level
     if audit_file is not None:

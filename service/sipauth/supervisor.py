@@ -25,10 +25,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
-from .config import ConfigError, Settings, parse_listen
+from .app import serve_metrics
+from .config import ConfigError, Settings, format_listen, parse_listen
 
 __all__ = ["available_cpus", "resolve_workers", "run_supervisor"]
 
@@ -104,12 +105,10 @@ def _reserve_port(host: str, port: int) -> tuple[socket.socket, int]:
 
 
 def _start_metrics(settings: Settings, directory: Path) -> None:
-    if settings.metrics.listen is None:
-        return
+    """Serve every worker's metrics together, from their multiprocess files."""
     registry = CollectorRegistry()
     MultiProcessCollector(registry, path=str(directory))  # type: ignore[no-untyped-call]
-    host, port = parse_listen(settings.metrics.listen)
-    start_http_server(port, addr=host, registry=registry)
+    serve_metrics(settings, registry)
 
 
 def _wait_ready(pool: list[_Worker], timeout: float) -> None:
@@ -175,8 +174,9 @@ class _Supervisor:
             except subprocess.TimeoutExpired:
                 worker.proc.kill()
                 worker.proc.wait()
-            if worker.proc.returncode > 0:
-                code = code or worker.proc.returncode
+            if worker.proc.returncode != 0:
+                # Killed after the grace period (negative: the signal) counts as a failed drain too.
+                code = code or (worker.proc.returncode if worker.proc.returncode > 0 else 1)
         return code
 
 
@@ -189,7 +189,7 @@ def run_supervisor(settings: Settings, config: Path | None, workers: int) -> int
     metrics_dir.mkdir()
     env = dict(os.environ)
     env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
-    env["SIPAUTH_LISTEN"] = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    env["SIPAUTH_LISTEN"] = format_listen(host, port)
     if settings.nonce_keys_file is None:
         # Workers must verify each other's nonces: one random key for all of them.
         keys = runtime / "nonce-keys"
@@ -209,8 +209,8 @@ def run_supervisor(settings: Settings, config: Path | None, workers: int) -> int
         for worker in supervisor.pool:
             worker.start()
         _wait_ready(supervisor.pool, timeout=60)
-        print(f"sipauth listening on {host}:{port}", flush=True)
-        log.info("supervising", extra={"workers": workers, "listen": f"{host}:{port}"})
+        print(f"sipauth listening on {format_listen(host, port)}", flush=True)
+        log.info("supervising", extra={"workers": workers, "listen": format_listen(host, port)})
         while True:
             supervisor.forward_signals()
             if supervisor.stopping:

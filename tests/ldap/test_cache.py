@@ -176,3 +176,22 @@ def test_example_settings_validate(name: str) -> None:
     profile = resolve_profile(settings.ldap)
     assert "{username}" in profile.user_filter
     assert profile.ha1 or profile.password
+
+
+async def test_a_caller_giving_up_does_not_cancel_the_shared_lookup() -> None:
+    """When the caller that started a lookup is cancelled, others waiting on it still get the answer."""
+    directory, clock = Directory(), Clock()
+    directory.delay = 0.1
+    cached = cache(directory, clock)
+    first = asyncio.ensure_future(cached.lookup("alice", "example.test"))
+    await asyncio.sleep(0.01)
+    second = asyncio.ensure_future(cached.lookup("alice", "example.test"))
+    await asyncio.sleep(0.01)
+    first.cancel()
+    record = await second
+    assert record is not None
+    assert record.username == "alice"
+    assert first.cancelled()
+    assert directory.calls == 1
+    assert await cached.lookup("alice", "example.test") is record  # and the answer was cached
+    assert directory.calls == 1

@@ -31,6 +31,7 @@ from .proxy import (
     ProxyDecision,
     ProxyRequest,
     challenge_decision,
+    challenge_type,
     decision_for,
     failure_decision,
     pass_through,
@@ -140,10 +141,6 @@ def algorithm_values(names: Sequence[str]) -> list[auth_pb2.Algorithm]:
         raise ValueError(f"unknown algorithm {exc.args[0]!r}") from None
 
 
-def _challenge_type(proxy: bool) -> auth_pb2.ChallengeType:
-    return auth_pb2.CHALLENGE_TYPE_PROXY if proxy else auth_pb2.CHALLENGE_TYPE_WWW
-
-
 def _challenge_request(
     *,
     method: str,
@@ -158,35 +155,12 @@ def _challenge_request(
     return auth_pb2.IssueChallengeRequest(
         method=method,
         realm=realm,
-        type=_challenge_type(proxy),
+        type=challenge_type(proxy),
         request_uri=request_uri,
         source_ip=source_ip,
         call_id=call_id,
         algorithms=algorithm_values(algorithms),
         count=count,
-    )
-
-
-def _verify_request(
-    *,
-    authorization: str,
-    method: str,
-    request_uri: str,
-    body: bytes,
-    realm: str,
-    proxy: bool,
-    source_ip: str,
-    call_id: str,
-) -> auth_pb2.VerifyResponseRequest:
-    return auth_pb2.VerifyResponseRequest(
-        authorization=authorization,
-        method=method,
-        request_uri=request_uri,
-        body=body,
-        realm=realm,
-        type=_challenge_type(proxy),
-        source_ip=source_ip,
-        call_id=call_id,
     )
 
 
@@ -317,16 +291,17 @@ class SipauthClient:
         call_id: str = "",
     ) -> auth_pb2.VerifyResponseResponse:
         """Ask for a verdict on an Authorization / Proxy-Authorization value ('' = none: a challenge)."""
-        request = _verify_request(
-            authorization=authorization,
+        proxy_request = ProxyRequest(
             method=method,
             request_uri=request_uri,
+            authorization=authorization,
             body=body,
-            realm=realm,
-            proxy=proxy,
             source_ip=source_ip,
             call_id=call_id,
+            realm=realm,
+            proxy=proxy,
         )
+        request = verify_request_for(proxy_request, authorization)
         response: auth_pb2.VerifyResponseResponse = self._call("VerifyResponse", request)
         return response
 
@@ -358,20 +333,15 @@ class SipauthClient:
         return decision_for(request, response, credentials)
 
     def _fetch_batch(self, request: ProxyRequest) -> auth_pb2.IssueChallengeResponse:
-        response: auth_pb2.IssueChallengeResponse = self._call(
-            "IssueChallenge",
-            _challenge_request(
-                method=request.method,
-                realm=request.realm,
-                proxy=request.proxy,
-                request_uri=request.request_uri,
-                source_ip=request.source_ip,
-                call_id=request.call_id,
-                algorithms=(),
-                count=self.options.challenge_batch,
-            ),
+        return self.issue_challenge(
+            method=request.method,
+            realm=request.realm,
+            proxy=request.proxy,
+            request_uri=request.request_uri,
+            source_ip=request.source_ip,
+            call_id=request.call_id,
+            count=self.options.challenge_batch,
         )
-        return response
 
     def close(self) -> None:
         """Close this process's channel; the next call opens a new one."""
@@ -452,16 +422,17 @@ class AsyncSipauthClient:
         call_id: str = "",
     ) -> auth_pb2.VerifyResponseResponse:
         """Ask for a verdict on an Authorization / Proxy-Authorization value ('' = none: a challenge)."""
-        request = _verify_request(
-            authorization=authorization,
+        proxy_request = ProxyRequest(
             method=method,
             request_uri=request_uri,
+            authorization=authorization,
             body=body,
-            realm=realm,
-            proxy=proxy,
             source_ip=source_ip,
             call_id=call_id,
+            realm=realm,
+            proxy=proxy,
         )
+        request = verify_request_for(proxy_request, authorization)
         response: auth_pb2.VerifyResponseResponse = await self._call("VerifyResponse", request)
         return response
 

@@ -36,6 +36,7 @@ __all__ = [
     "ProxyDecision",
     "ProxyRequest",
     "challenge_decision",
+    "challenge_type",
     "decision_for",
     "failure_decision",
     "pass_through",
@@ -160,6 +161,11 @@ def pass_through(request: ProxyRequest) -> ProxyDecision | None:
     return None
 
 
+def challenge_type(proxy: bool) -> auth_pb2.ChallengeType:
+    """PROXY (407, Proxy-*) for a proxy, WWW (401) for a registrar or UAS."""
+    return auth_pb2.CHALLENGE_TYPE_PROXY if proxy else auth_pb2.CHALLENGE_TYPE_WWW
+
+
 def verify_request_for(request: ProxyRequest, credentials: str | None = None) -> auth_pb2.VerifyResponseRequest:
     """The VerifyResponse request for ``request`` (empty credentials ask for a challenge).
 
@@ -173,7 +179,7 @@ def verify_request_for(request: ProxyRequest, credentials: str | None = None) ->
         request_uri=request.request_uri,
         body=request.body,
         realm=request.realm,
-        type=auth_pb2.CHALLENGE_TYPE_PROXY if request.proxy else auth_pb2.CHALLENGE_TYPE_WWW,
+        type=challenge_type(request.proxy),
         source_ip=request.source_ip,
         call_id=request.call_id,
     )
@@ -209,7 +215,8 @@ def decision_for(
 
     ``credentials``: the value :func:`select_credentials` chose for the call, if known.
     """
-    verdict = _VERDICT_NAMES.get(response.verdict) or auth_pb2.Verdict.Name(response.verdict).removeprefix("VERDICT_")
+    # A verdict this client does not know (a newer server) is named by its number, never raised on.
+    verdict = _VERDICT_NAMES.get(response.verdict, str(response.verdict))
     identity = response.identity if response.HasField("identity") else None
     if response.verdict == auth_pb2.VERDICT_ACCEPT:
         info_header = "Proxy-Authentication-Info" if request.proxy else "Authentication-Info"

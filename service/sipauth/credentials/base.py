@@ -26,7 +26,7 @@ class Identity:
 class UserRecord:
     """One account: its secrets (never printed), identity and state.
 
-    ``ha1`` maps (realm, base algorithm) to a stored HA1; ``password`` is a
+    ``ha1`` maps (realm, base algorithm) to a stored HA1 (lower-case hex: sources normalise it); ``password`` is a
     cleartext SIP password from which HA1s are derived for any realm.
     """
 
@@ -47,7 +47,7 @@ class UserRecord:
         """
         stored = self.ha1.get((realm, algorithm.base))
         if stored is not None:
-            return stored.lower()
+            return stored
         if self.password is not None:
             return compute_ha1(algorithm, username_as_sent, realm, self.password)
         return None

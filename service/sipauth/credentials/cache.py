@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections import OrderedDict
@@ -25,29 +26,19 @@ from ..errors import CredentialsUnavailable
 from ..metrics import CACHE
 from .base import CredentialSource, UserRecord
 
-__all__ = ["CacheStats", "CachedCredentialSource"]
+__all__ = ["CachedCredentialSource"]
 
 log = logging.getLogger("sipauth.credentials.cache")
 _Key = tuple[str, str]
-_HITS = CACHE.labels("hit")
+# Labelled once: ``labels()`` costs a lock and a dict lookup on every call.
+_HITS, _MISSES, _STALE = CACHE.labels("hit"), CACHE.labels("miss"), CACHE.labels("stale")
+_REFRESHES, _REFRESHES_SUPPRESSED = CACHE.labels("refresh"), CACHE.labels("refresh_suppressed")
 
 
 @dataclass(slots=True)
 class _Entry:
     record: UserRecord | None
     fetched_at: float
-
-
-@dataclass(slots=True)
-class CacheStats:
-    """Counters for metrics and tests."""
-
-    hits: int = 0
-    misses: int = 0
-    refreshes: int = 0
-    refreshes_suppressed: int = 0
-    stale_served: int = 0
-    source_failures: int = 0
 
 
 class CachedCredentialSource:
@@ -75,9 +66,8 @@ class CachedCredentialSource:
         self.refresh_min_interval = refresh_min_interval
         self.retry_after = retry_after
         self.clock = clock
-        self.stats = CacheStats()
         self._entries: OrderedDict[_Key, _Entry] = OrderedDict()
-        self._in_flight: dict[_Key, asyncio.Future[UserRecord | None]] = {}
+        self._in_flight: dict[_Key, asyncio.Task[UserRecord | None]] = {}
         self._down_until = 0.0
 
     def __len__(self) -> int:
@@ -90,10 +80,9 @@ class CachedCredentialSource:
     def peek(self, username: str, realm: str) -> UserRecord | None:
         """The fresh cached record of a known user, with no I/O; None when a lookup would be needed."""
         entry = self._entries.get((username, realm))
-        if entry is None or entry.record is None or self.clock() - entry.fetched_at >= self.positive_ttl:
+        if entry is None or entry.record is None or not self._fresh(entry, self.clock()):
             return None
         self._entries.move_to_end((username, realm))
-        self.stats.hits += 1
         _HITS.inc()
         return entry.record
 
@@ -106,54 +95,45 @@ class CachedCredentialSource:
             self._entries.move_to_end(key)
             if refresh:
                 if now - entry.fetched_at < self.refresh_min_interval:
-                    self.stats.refreshes_suppressed += 1
-                    CACHE.labels("refresh_suppressed").inc()
+                    _REFRESHES_SUPPRESSED.inc()
                     return entry.record
-                self.stats.refreshes += 1
-                CACHE.labels("refresh").inc()
+                _REFRESHES.inc()
             elif self._fresh(entry, now):
-                self.stats.hits += 1
                 _HITS.inc()
                 return entry.record
         flight = self._in_flight.get(key)
-        if flight is not None:
-            # Someone is already asking the source: its answer is as fresh as ours would be.
-            return await asyncio.shield(flight)
-        self.stats.misses += 1
-        CACHE.labels("miss").inc()
-        future: asyncio.Future[UserRecord | None] = asyncio.get_running_loop().create_future()
-        self._in_flight[key] = future
-        try:
-            record = await self._fetch(key, entry, now)
-        except asyncio.CancelledError:
-            future.cancel()
-            raise
-        except Exception as exc:
-            future.set_exception(exc)
-            # Waiters get the same exception; mark it retrieved so nobody's absence is reported.
-            future.exception()
-            raise
-        else:
-            future.set_result(record)
-            return record
-        finally:
+        if flight is None:
+            # One lookup in flight per user: later callers wait for the same answer.
+            _MISSES.inc()
+            flight = asyncio.ensure_future(self._fetch(key, entry, now))
+            self._in_flight[key] = flight
+            flight.add_done_callback(functools.partial(self._landed, key))
+        # Shielded: a caller that gives up (its deadline) must not cancel the lookup others wait on.
+        return await asyncio.shield(flight)
+
+    def _landed(self, key: _Key, flight: asyncio.Task[UserRecord | None]) -> None:
+        if self._in_flight.get(key) is flight:
             del self._in_flight[key]
+        if not flight.cancelled():
+            flight.exception()  # retrieved here too, in case every waiter gave up
 
     async def _fetch(self, key: _Key, entry: _Entry | None, now: float) -> UserRecord | None:
         if now >= self._down_until:
             try:
                 record = await self.source.lookup(key[0], key[1], refresh=True)
             except CredentialsUnavailable:
-                self.stats.source_failures += 1
                 self._down_until = self.clock() + self.retry_after
             else:
                 self._down_until = 0.0
                 self._store(key, record)
                 return record
-        stale_ok = self.serve_stale and entry is not None and now - entry.fetched_at <= self.stale_max_age
-        if stale_ok and entry is not None and entry.record is not None:
-            self.stats.stale_served += 1
-            CACHE.labels("stale").inc()
+        if (
+            self.serve_stale
+            and entry is not None
+            and entry.record is not None
+            and now - entry.fetched_at <= self.stale_max_age
+        ):
+            _STALE.inc()
             return entry.record
         raise CredentialsUnavailable("the credential source is unavailable and the user is not cached")
 

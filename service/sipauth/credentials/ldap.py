@@ -304,8 +304,8 @@ class LdapDirectory:
             if time.monotonic() - self._last_success < _PING_FRESHNESS:
                 return True
         try:
-            self.run(lambda conn: conn.search("", "(objectClass=*)", search_scope=ldap3.BASE, attributes=["1.1"]))
-        except (CredentialsUnavailable, ldap_exc.LDAPException):
+            self.read(lambda conn: conn.search("", "(objectClass=*)", search_scope=ldap3.BASE, attributes=["1.1"]))
+        except CredentialsUnavailable:
             return False
         return True
 
@@ -317,6 +317,16 @@ class LdapDirectory:
             except queue.Empty:
                 return
             self.discard(conn)
+
+    def read(self, operation: Callable[[ldap3.Connection], T]) -> T:
+        """:meth:`run` for a lookup: any other directory error also means the directory cannot answer.
+
+        (Writes use :meth:`run`, whose callers need the directory's own result.)
+        """
+        try:
+            return self.run(operation)
+        except ldap_exc.LDAPException as exc:
+            raise CredentialsUnavailable(f"LDAP cannot answer: {_describe(exc)}") from None
 
     def find_user(self, profile: LdapProfile, username: str, attributes: list[str]) -> LdapEntry | None:
         """The single entry matching ``username``, or None (no entry, or ambiguous)."""
@@ -337,7 +347,7 @@ class LdapDirectory:
                 return [{}, {}]
             return [r for r in conn.response or [] if r.get("type") == "searchResEntry"]
 
-        entries = self.run(search)
+        entries = self.read(search)
         if len(entries) != 1:
             if len(entries) > 1:
                 log.warning("LDAP filter matches several entries: none is used", extra={"filter_template": True})
@@ -353,7 +363,7 @@ class LdapDirectory:
             conn.search(user_dn, search_filter, search_scope=ldap3.BASE, attributes=["1.1"])
             return any(r.get("type") == "searchResEntry" for r in conn.response or [])
 
-        return self.run(search)
+        return self.read(search)
 
 
 class LdapSource:
@@ -452,11 +462,11 @@ class LdapSource:
 
     async def ping(self) -> bool:
         """Whether the directory answers (a bound connection and a recent or fresh read)."""
-        return await self._call(self.directory.ping)
+        return await self._call(self.directory.ping, "ping")
 
     async def close(self) -> None:
         """Unbind the pool and stop the threads."""
-        await self._call(self.directory.close)
+        await self._call(self.directory.close, "close")
         self._executor.shutdown(wait=False)
 
 

@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from ..digest import Algorithm
+from ..errors import read_secret_file
 
 __all__ = ["LdapAttributeSettings", "LdapCacheSettings", "LdapSettings", "PresetName"]
 
@@ -153,16 +154,7 @@ class LdapSettings(_Strict):
             raise ValueError(
                 "ldap: no bind password: set bind_password_file or the environment variable SIPAUTH_LDAP__BIND_PASSWORD"
             )
-        try:
-            text = self.bind_password_file.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ValueError(
-                f"ldap.bind_password_file: cannot read {self.bind_password_file}: {exc.strerror}"
-            ) from None
-        password = text.rstrip("\r\n")
-        if not password:
-            raise ValueError(f"ldap.bind_password_file: {self.bind_password_file} is empty")
-        return password
+        return read_secret_file(self.bind_password_file, "ldap.bind_password_file")
 
     def uses_plain_ldap(self) -> bool:
         """Whether some URL would carry the bind in the clear."""

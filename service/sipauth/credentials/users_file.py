@@ -74,7 +74,7 @@ def _record(username: str, user: _User, default_realm: str) -> UserRecord:
     realm = user.realm or default_realm
     return UserRecord(
         username=username,
-        ha1=MappingProxyType({(realm, Algorithm.parse(name)): value for name, value in user.ha1.items()}),
+        ha1=MappingProxyType({(realm, Algorithm.parse(name)): value.lower() for name, value in user.ha1.items()}),
         password=user.password,
         identity=Identity(
             display_name=user.display_name,

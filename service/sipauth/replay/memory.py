@@ -42,10 +42,12 @@ class MemoryReplayGuard:
         self._purge(now)
         entry = self._entries.get(replay_id)
         if entry is not None:
-            last_nc = entry[0]
-            if nc is None or last_nc == _ONE_TIME or nc <= last_nc:
+            if _replayed(entry[0], nc):
                 return False
-        elif len(self._entries) >= self._max_entries:
+            # A later nc of a known nonce: same expiry, already in the heap once.
+            self._entries[replay_id] = (_ONE_TIME if nc is None else nc, entry[1])
+            return True
+        if len(self._entries) >= self._max_entries:
             raise ReplayStoreUnavailable("in-memory replay guard is full")
         expires_at = now + ttl
         self._entries[replay_id] = (_ONE_TIME if nc is None else nc, expires_at)
@@ -56,10 +58,7 @@ class MemoryReplayGuard:
         """Whether consuming (``replay_id``, ``nc``) now would be judged a replay; records nothing."""
         self._purge(self._clock())
         entry = self._entries.get(replay_id)
-        if entry is None:
-            return False
-        last_nc = entry[0]
-        return nc is None or last_nc == _ONE_TIME or nc <= last_nc
+        return entry is not None and _replayed(entry[0], nc)
 
     async def ping(self) -> bool:
         """Always reachable."""
@@ -67,3 +66,8 @@ class MemoryReplayGuard:
 
     async def close(self) -> None:
         """Nothing to release."""
+
+
+def _replayed(last_nc: int, nc: int | None) -> bool:
+    """Whether a use with ``nc`` (None: single use) after one recorded as ``last_nc`` is a replay."""
+    return nc is None or last_nc == _ONE_TIME or nc <= last_nc

@@ -17,7 +17,7 @@ import asyncio
 import math
 import ssl
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -31,7 +31,15 @@ from redis.backoff import NoBackoff
 from ..errors import ReplayStoreUnavailable
 from ..metrics import BACKEND_ERRORS, BACKEND_LATENCY
 
-__all__ = ["CONSUME_SCRIPT", "KEY_PREFIX", "RedisEndpoint", "RedisReplayGuard", "connect", "replay_key"]
+__all__ = [
+    "CONSUME_SCRIPT",
+    "KEY_PREFIX",
+    "RedisEndpoint",
+    "RedisReplayGuard",
+    "connect",
+    "execute_scripted",
+    "replay_key",
+]
 
 KEY_PREFIX = "sipauth:n:"
 
@@ -58,6 +66,27 @@ _PING_BACKOFF = 0.05
 def replay_key(replay_id: str) -> str:
     """The Redis key of one nonce; the braces make it a Cluster hash tag."""
     return f"{KEY_PREFIX}{{{replay_id}}}"
+
+
+async def execute_scripted(client: Any, script: Any, fill: Callable[[Any], None]) -> list[Any]:
+    """Run a pipeline that ``fill`` builds, calling ``script`` by its SHA (EVALSHA).
+
+    Registering a script on a pipeline would cost a SCRIPT EXISTS round trip
+    every time; instead, on NOSCRIPT (the script did not run, so repeating is
+    safe) it is loaded and the pipeline built and sent once more.
+    """
+    for attempt in (1, 2):
+        pipe = client.pipeline(transaction=False)
+        fill(pipe)
+        try:
+            results: list[Any] = await pipe.execute()
+        except redis.exceptions.NoScriptError:
+            if attempt == 2:
+                raise
+            script.sha = await client.script_load(script.script)
+        else:
+            return results
+    raise AssertionError("unreachable")
 
 
 def _failure(exc: BaseException) -> ReplayStoreUnavailable:
@@ -124,55 +153,40 @@ class RedisReplayGuard:
             _CONSUME_LATENCY.observe(time.perf_counter() - started)
         return int(result) == 1
 
+    @property
+    def pipelines_reads(self) -> bool:
+        """Whether :meth:`consume_reading` can read beside the consume in one round trip.
+
+        Not on a Cluster (the keys live on different nodes) nor with ``wait_replicas``
+        (the consume needs its own connection for WAIT): callers read, then consume.
+        """
+        return not self._wait_replicas and not isinstance(self._client, RedisCluster)
+
     async def consume_reading(
         self, replay_id: str, nc: int | None, ttl: float, keys: Sequence[str], fields: Sequence[str]
     ) -> tuple[bool, list[Any]]:
-        """:meth:`consume`, and ``HMGET key *fields`` for each of ``keys``, in one round trip where possible.
+        """:meth:`consume`, and ``HMGET key *fields`` for each of ``keys``, in one pipeline.
 
-        Standalone and Sentinel: one pipeline (not a transaction: the reads are a
-        snapshot taken beside the consume, not atomic with it). The script is
-        sent by its SHA; on NOSCRIPT (it did not run) it is loaded and the
-        pipeline sent once more. Cluster, where the keys live on different
-        nodes, and ``wait_replicas`` read first, then consume.
+        Not a transaction: the reads are a snapshot taken beside the consume, not
+        atomic with it. Only where :attr:`pipelines_reads`.
         """
-        if self._wait_replicas or isinstance(self._client, RedisCluster) or not keys:
-            rows = await self._read(keys, fields) if keys else []
-            return await self.consume(replay_id, nc, ttl), rows
-        ttl_ms = max(1, math.ceil(ttl * 1000))
+        key, ttl_ms = replay_key(replay_id), max(1, math.ceil(ttl * 1000))
+
+        def fill(pipe: Any) -> None:
+            for read in keys:
+                pipe.hmget(read, *fields)
+            pipe.evalsha(self._script.sha, 1, key, nc or 0, ttl_ms)
+
         started = time.perf_counter()
         try:
             async with asyncio.timeout(self._timeout), self._slots:
-                try:
-                    results = await self._pipeline(replay_key(replay_id), nc or 0, ttl_ms, keys, fields)
-                except redis.exceptions.NoScriptError:
-                    self._script.sha = await self._client.script_load(CONSUME_SCRIPT)
-                    results = await self._pipeline(replay_key(replay_id), nc or 0, ttl_ms, keys, fields)
+                results = await execute_scripted(self._client, self._script, fill)
         except (redis.exceptions.RedisError, OSError) as exc:
             BACKEND_ERRORS.labels("redis", "consume").inc()
             raise _failure(exc) from exc
         finally:
             _CONSUME_LATENCY.observe(time.perf_counter() - started)
         return int(results[-1]) == 1, list(results[:-1])
-
-    async def _pipeline(self, key: str, nc: int, ttl_ms: int, keys: Sequence[str], fields: Sequence[str]) -> list[Any]:
-        pipe = self._client.pipeline(transaction=False)
-        for read in keys:
-            pipe.hmget(read, *fields)
-        pipe.evalsha(self._script.sha, 1, key, nc, ttl_ms)
-        results: list[Any] = await pipe.execute()
-        return results
-
-    async def _read(self, keys: Sequence[str], fields: Sequence[str]) -> list[Any]:
-        try:
-            async with asyncio.timeout(self._timeout):
-                pipe = self._client.pipeline(transaction=False)
-                for read in keys:
-                    pipe.hmget(read, *fields)
-                rows: list[Any] = await pipe.execute()
-        except (redis.exceptions.RedisError, OSError) as exc:
-            BACKEND_ERRORS.labels("redis", "read").inc()
-            raise _failure(exc) from exc
-        return rows
 
     async def _consume_replicated(self, key: str, args: list[int]) -> Any:
         async with self._client.client() as connection:
@@ -236,19 +250,25 @@ def _tls_options(endpoint: RedisEndpoint) -> dict[str, Any]:
     }
 
 
-def _common_options(endpoint: RedisEndpoint) -> dict[str, Any]:
+def _connection_options(endpoint: RedisEndpoint, username: str | None, password: str | None) -> dict[str, Any]:
+    """Bounded timeouts, no automatic retries (see RedisReplayGuard's docstring), and the credentials."""
     options: dict[str, Any] = {
         "socket_timeout": endpoint.timeout,
         "socket_connect_timeout": endpoint.timeout,
-        "max_connections": endpoint.max_connections,
-        # No automatic retries: see RedisReplayGuard's docstring.
         "retry": Retry(NoBackoff(), 0),
-        "health_check_interval": 0,
     }
-    if endpoint.username is not None:
-        options["username"] = endpoint.username
-    if endpoint.password is not None:
-        options["password"] = endpoint.password
+    if username is not None:
+        options["username"] = username
+    if password is not None:
+        options["password"] = password
+    if endpoint.tls:
+        options.update(ssl=True, **_tls_options(endpoint))
+    return options
+
+
+def _common_options(endpoint: RedisEndpoint) -> dict[str, Any]:
+    options = _connection_options(endpoint, endpoint.username, endpoint.password)
+    options.update(max_connections=endpoint.max_connections, health_check_interval=0)
     return options
 
 
@@ -260,20 +280,8 @@ def _client(endpoint: RedisEndpoint) -> Any:
         if endpoint.url.startswith("rediss://"):
             options.update(_tls_options(endpoint))
         return redis.asyncio.Redis.from_url(endpoint.url, **options)
-    if endpoint.tls:
-        options.update(ssl=True, **_tls_options(endpoint))
     if endpoint.mode == "sentinel":
-        sentinel_options: dict[str, Any] = {
-            "socket_timeout": endpoint.timeout,
-            "socket_connect_timeout": endpoint.timeout,
-            "retry": Retry(NoBackoff(), 0),
-        }
-        if endpoint.sentinel_username is not None:
-            sentinel_options["username"] = endpoint.sentinel_username
-        if endpoint.sentinel_password is not None:
-            sentinel_options["password"] = endpoint.sentinel_password
-        if endpoint.tls:
-            sentinel_options.update(ssl=True, **_tls_options(endpoint))
+        sentinel_options = _connection_options(endpoint, endpoint.sentinel_username, endpoint.sentinel_password)
         sentinel = Sentinel(list(endpoint.sentinels), sentinel_kwargs=sentinel_options)  # type: ignore[no-untyped-call]
         return sentinel.master_for(endpoint.master_name, db=endpoint.db, **options)
     options.pop("health_check_interval")

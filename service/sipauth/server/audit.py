@@ -12,11 +12,10 @@ from __future__ import annotations
 import logging
 
 from ..authenticator import Decision, VerifyRequest
-from .caller import current_caller, current_request_id
+from .caller import AUDIT_LOGGER, current_caller, current_request_id
 
 __all__ = ["AUDIT_LOGGER", "record_decision", "record_fault"]
 
-AUDIT_LOGGER = "sipauth.audit"
 _log = logging.getLogger(AUDIT_LOGGER)
 
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from contextvars import ContextVar
 
-__all__ = ["current_caller", "current_request_id"]
+__all__ = ["AUDIT_LOGGER", "current_caller", "current_request_id"]
+
+#: The logger of the audit trail (one line per decision; fail2ban reads it).
+AUDIT_LOGGER = "sipauth.audit"
 
 #: The authenticated proxy (matched certificate SAN or CN); empty without mutual TLS.
 current_caller: ContextVar[str] = ContextVar("sipauth_caller", default="")

@@ -92,10 +92,12 @@ class ClientIdentityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[mis
         return grpc.stream_stream_rpc_method_handler(self._streaming(handler.stream_stream), **codecs)
 
     def _unary(self, behavior: _Behavior) -> _Behavior:
+        is_coroutine = inspect.iscoroutinefunction(behavior)
+
         async def checked(request: Any, context: grpc.aio.ServicerContext) -> Any:
             token = await self._admit(context)
             try:
-                if inspect.iscoroutinefunction(behavior):
+                if is_coroutine:
                     return await behavior(request, context)
                 # A synchronous handler runs off the event loop, as grpc.aio would run it (contextvars copied).
                 return await asyncio.to_thread(behavior, request, context)

@@ -19,7 +19,6 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import grpc
 
@@ -54,13 +53,10 @@ class CertificateFiles:
         self._next_check = 0.0
         self._current: _Signature | None = None
         self._rejected: object = None
-
-    @property
-    def _fields(self) -> list[tuple[str, Path]]:
-        fields = [("tls.cert_file", self._settings.cert_file), ("tls.key_file", self._settings.key_file)]
-        if self._settings.client_ca_file is not None:
-            fields.append(("tls.client_ca_file", self._settings.client_ca_file))
-        return fields
+        # The settings are frozen: which files to watch is known once.
+        self._fields = [("tls.cert_file", settings.cert_file), ("tls.key_file", settings.key_file)]
+        if settings.client_ca_file is not None:
+            self._fields.append(("tls.client_ca_file", settings.client_ca_file))
 
     def _signature(self) -> _Signature:
         out = []
@@ -165,11 +161,10 @@ class CertificateFiles:
         self._rejected = marker
 
 
-def server_credentials(settings: TlsSettings) -> tuple[grpc.ServerCredentials, CertificateFiles]:
+def server_credentials(settings: TlsSettings) -> grpc.ServerCredentials:
     """Credentials for ``add_secure_port`` that reload the files; client certificates required with a client CA."""
     files = CertificateFiles(settings)
     initial = files.load()
-    credentials = grpc.dynamic_ssl_server_credentials(
+    return grpc.dynamic_ssl_server_credentials(
         initial, files.fetch, require_client_authentication=settings.client_ca_file is not None
     )
-    return credentials, files
