@@ -99,9 +99,9 @@ class ClientOptions:
     tls: TlsConfig | None = None
     #: Extra gRPC channel arguments, e.g. ``("grpc.lb_policy_name", "round_robin")``.
     channel_options: tuple[tuple[str, Any], ...] = field(default_factory=tuple)
-    #: ``authorize``: answer requests without credentials from a pool of challenges fetched this
-    #: many at a time (IssueChallenge ``count``), when the server says they may be pooled; 0: one
-    #: VerifyResponse call per such request, as before.
+    #: ``SipauthClient.authorize``: answer requests without credentials from a pool of challenges
+    #: fetched this many at a time (IssueChallenge ``count``), when the server says they may be
+    #: pooled; 0: one VerifyResponse call per such request. The asyncio client does not pool yet.
     challenge_batch: int = 0
 
     def __post_init__(self) -> None:
