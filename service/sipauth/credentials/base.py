@@ -11,6 +11,8 @@ from ..digest import Algorithm, compute_ha1
 
 __all__ = ["CredentialSource", "Identity", "UserRecord"]
 
+_DERIVED_MAX = 8
+
 
 @dataclass(frozen=True, slots=True)
 class Identity:
@@ -38,6 +40,9 @@ class UserRecord:
     #: (verdict FORBIDDEN with this reason): ``account_disabled``,
     #: ``account_locked``, ``group_required``. None: it may.
     refusal: str | None = None
+    #: HA1s derived from ``password``, kept so that a cached record hashes its password once per
+    #: (algorithm, realm, spelling of the username); cleared when it holds _DERIVED_MAX of them.
+    _derived: dict[tuple[Algorithm, str, str], str] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def ha1_for(self, algorithm: Algorithm, realm: str, username_as_sent: str) -> str | None:
         """The HA1 to verify an answer with ``algorithm`` in ``realm``, or None if there is none.
@@ -48,9 +53,15 @@ class UserRecord:
         stored = self.ha1.get((realm, algorithm.base))
         if stored is not None:
             return stored
-        if self.password is not None:
-            return compute_ha1(algorithm, username_as_sent, realm, self.password)
-        return None
+        if self.password is None:
+            return None
+        key = (algorithm.base, realm, username_as_sent)
+        derived = self._derived.get(key)
+        if derived is None:
+            if len(self._derived) >= _DERIVED_MAX:
+                self._derived.clear()  # many spellings of one name: bounded, not a leak
+            derived = self._derived[key] = compute_ha1(algorithm, username_as_sent, realm, self.password)
+        return derived
 
 
 class CredentialSource(Protocol):

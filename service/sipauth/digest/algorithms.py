@@ -35,34 +35,40 @@ class Algorithm(enum.Enum):
     SHA_512_256 = "SHA-512-256"
     SHA_512_256_SESS = "SHA-512-256-sess"
 
+    # Per-member facts, set once below the class: the hot paths read them for every request.
+    _token: str
+    _base: Algorithm
+    _is_session: bool
+    _hash: Callable[[bytes], str]
+
     @property
     def token(self) -> str:
         """The token written in challenges, e.g. ``SHA-256-sess``."""
-        return self.value
+        return self._token
 
     @property
     def base(self) -> Algorithm:
         """The algorithm without ``-sess``: HA1s are stored per base algorithm."""
-        return Algorithm(self.value.removesuffix(_SESS))
+        return self._base
 
     @property
     def is_session(self) -> bool:
         """Whether HA1 is re-keyed with the nonces (RFC 7616 section 3.4.2)."""
-        return self.value.endswith(_SESS)
+        return self._is_session
 
     @property
     def hash_name(self) -> str:
         """Name of the hash function, e.g. ``SHA-256`` for ``SHA-256-sess``."""
-        return self.base.value
+        return self._base._token
 
     @property
     def digest_hex_length(self) -> int:
         """Length of H(...) in hex digits: 32 for MD5, 64 otherwise."""
-        return 32 if self.base is Algorithm.MD5 else 64
+        return 32 if self._base is Algorithm.MD5 else 64
 
     def h(self, data: bytes) -> str:
         """H(data) as lowercase hex (RFC 7616 section 3.4)."""
-        return _HASHES[self.hash_name](data)
+        return self._hash(data)
 
     @classmethod
     def parse(cls, token: str) -> Algorithm:
@@ -73,3 +79,11 @@ class Algorithm(enum.Enum):
                 if algorithm.value.lower() == folded:
                     return algorithm
         raise UnsupportedAlgorithm(f"unsupported digest algorithm {token[:40]!r}")
+
+
+for _member in Algorithm:
+    _member._token = _member.value
+    _member._is_session = _member.value.endswith(_SESS)
+    _member._base = Algorithm(_member.value.removesuffix(_SESS))
+    _member._hash = _HASHES[_member._base.value]
+del _member
