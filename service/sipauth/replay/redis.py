@@ -94,6 +94,117 @@ def _failure(exc: BaseException) -> ReplayStoreUnavailable:
     return ReplayStoreUnavailable(f"replay store failed: {type(exc).__name__}")
 
 
+Command = tuple[object, ...]
+
+
+class Coalescer:
+    """Sends the Redis commands of calls that wait at the same time in one pipeline.
+
+    Under load many VerifyResponse calls wait on Redis together, and each
+    pipeline costs redis-py (connection checkout, packing, parsing) and the
+    kernel (a write and a read) far more than one more command in it does.
+    At most ``depth`` pipelines are on the wire; calls made meanwhile queue
+    and go together in the next one, up to ``max_calls`` calls. A call made
+    while fewer are on the wire goes out on the next turn of the event loop,
+    so a lone call waits for nothing.
+
+    A pipeline is not a transaction: each call's commands run as they would
+    alone (the consume script is atomic by itself) and a command's error is
+    its caller's only. A pipeline that fails as a whole (connection lost,
+    timeout) fails every call in it, and none is repeated: as for one call,
+    a script that may have run is never sent again. A NOSCRIPT answer (the
+    script did not run) has the script loaded and that call's commands sent
+    once more.
+    """
+
+    def __init__(self, client: Any, script: Any, *, depth: int = 1, max_calls: int = 128) -> None:
+        self._client = client
+        self._script = script
+        self._depth = depth
+        self._max_calls = max_calls
+        self._pending: list[tuple[Sequence[Command], asyncio.Future[list[Any]]]] = []
+        self._in_flight = 0
+        self._scheduled = False
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def run(self, commands: Sequence[Command]) -> list[Any]:
+        """The replies to ``commands``, sent with whatever else is waiting; raises the first error reply."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[Any]] = loop.create_future()
+        self._pending.append((commands, future))
+        self._schedule(loop)
+        return await future
+
+    def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
+        if not self._scheduled and self._in_flight < self._depth:
+            self._scheduled = True
+            loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        loop = asyncio.get_running_loop()
+        while self._pending and self._in_flight < self._depth:
+            batch = [item for item in self._pending[: self._max_calls] if not item[1].done()]
+            del self._pending[: self._max_calls]
+            if batch:
+                self._in_flight += 1
+                task = loop.create_task(self._send(batch))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    async def _send(self, batch: list[tuple[Sequence[Command], asyncio.Future[list[Any]]]]) -> None:
+        try:
+            retry = await self._execute(batch)
+            if retry:
+                self._script.sha = await self._client.script_load(self._script.script)
+                for _, future in await self._execute(retry):
+                    _settle(future, error=redis.exceptions.NoScriptError("the consume script could not be loaded"))
+        except Exception as exc:  # the pipeline as a whole failed: so did every call in it
+            for _, future in batch:
+                _settle(future, error=exc)
+        except asyncio.CancelledError:
+            for _, future in batch:
+                future.cancel()
+            raise
+        finally:
+            self._in_flight -= 1
+            if self._pending:
+                self._schedule(asyncio.get_running_loop())
+
+    async def _execute(
+        self, batch: list[tuple[Sequence[Command], asyncio.Future[list[Any]]]]
+    ) -> list[tuple[Sequence[Command], asyncio.Future[list[Any]]]]:
+        """Send ``batch`` as one pipeline and settle each call; returns the calls answered NOSCRIPT."""
+        pipe = self._client.pipeline(transaction=False)
+        for commands, _ in batch:
+            for command in commands:
+                pipe.execute_command(*command)
+        replies = await pipe.execute(raise_on_error=False)
+        retry = []
+        start = 0
+        for commands, future in batch:
+            mine = replies[start : start + len(commands)]
+            start += len(commands)
+            if any(isinstance(reply, redis.exceptions.NoScriptError) for reply in mine):
+                retry.append((commands, future))
+                continue
+            error = next((reply for reply in mine if isinstance(reply, Exception)), None)
+            _settle(future, result=mine, error=error)
+        return retry
+
+
+def _settle(
+    future: asyncio.Future[list[Any]], *, result: list[Any] | None = None, error: BaseException | None = None
+) -> None:
+    """Answer a waiting call unless it gave up (timed out or was cancelled)."""
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result or [])
+
+
 class RedisReplayGuard:
     """Consumes nonces with one round trip; every Redis failure is ReplayStoreUnavailable.
 
@@ -126,6 +237,7 @@ class RedisReplayGuard:
         self._wait_replicas = wait_replicas
         # Leave WAIT half the budget, so it answers "not enough" before the call as a whole times out.
         self._wait_ms = max(1, int((timeout or 1.0) * 500))
+        self._coalescer = Coalescer(client, self._script) if self.pipelines_reads else None
 
     @property
     def client(self) -> Any:
@@ -138,7 +250,10 @@ class RedisReplayGuard:
         started = time.perf_counter()
         try:
             async with asyncio.timeout(self._timeout), self._slots:
-                if self._wait_replicas:
+                if self._coalescer is not None:
+                    command = ("EVALSHA", self._script.sha, 1, replay_key(replay_id), nc or 0, ttl_ms)
+                    result = (await self._coalescer.run([command]))[0]
+                elif self._wait_replicas:
                     result = await self._consume_replicated(replay_key(replay_id), [nc or 0, ttl_ms])
                 else:
                     result = await self._script(keys=[replay_key(replay_id)], args=[nc or 0, ttl_ms])
@@ -170,17 +285,14 @@ class RedisReplayGuard:
         Not a transaction: the reads are a snapshot taken beside the consume, not
         atomic with it. Only where :attr:`pipelines_reads`.
         """
-        key, ttl_ms = replay_key(replay_id), max(1, math.ceil(ttl * 1000))
-
-        def fill(pipe: Any) -> None:
-            for read in keys:
-                pipe.hmget(read, *fields)
-            pipe.evalsha(self._script.sha, 1, key, nc or 0, ttl_ms)
-
+        assert self._coalescer is not None, "consume_reading needs pipelines_reads"
+        ttl_ms = max(1, math.ceil(ttl * 1000))
+        commands: list[Command] = [("HMGET", read, *fields) for read in keys]
+        commands.append(("EVALSHA", self._script.sha, 1, replay_key(replay_id), nc or 0, ttl_ms))
         started = time.perf_counter()
         try:
             async with asyncio.timeout(self._timeout), self._slots:
-                results = await execute_scripted(self._client, self._script, fill)
+                results = await self._coalescer.run(commands)
         except (redis.exceptions.RedisError, OSError) as exc:
             BACKEND_ERRORS.labels("redis", "consume").inc()
             raise _failure(exc) from exc
