@@ -32,7 +32,7 @@ def _start_kamailio(workdir: Path, cfg: Path, defines: list[str], env: dict[str,
     argv = ["kamailio", "-f", str(cfg), "-A", f"LISTEN=udp:127.0.0.1:{port}", "-A", "CHILDREN=8"]
     for define in defines:
         argv += ["-A", define]
-    argv += ["-DD", "-E", "-m", "64", "-M", "16", "-P", str(run / "k.pid"), "-Y", str(run), "-w", str(run)]
+    argv += ["-DD", "-E", "-m", "256", "-M", "16", "-P", str(run / "k.pid"), "-Y", str(run), "-w", str(run)]
     log = (workdir / "kamailio.log").open("wb")
     proc = subprocess.Popen(
         argv, stdout=log, stderr=subprocess.STDOUT, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", **env}, cwd=workdir

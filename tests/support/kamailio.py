@@ -79,6 +79,8 @@ class Kamailio:
     port: int = field(default_factory=free_udp_port)
     children: int = 8
     env: dict[str, str] = field(default_factory=dict)
+    #: More command-line options, e.g. the memory allocator (``-x tlsf -X tlsf``).
+    options: tuple[str, ...] = ()
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -119,8 +121,9 @@ class Kamailio:
                 "-A", f'SIPAUTH_SCRIPT="{self.workdir / "sipauth_kemi.py"}"',
                 "-A", f'SIPAUTH_REALM="{self.realm}"',
                 "-A", f"CHILDREN={self.children}",
-                "-DD", "-E", "-m", "64", "-M", "16",
+                "-DD", "-E", "-m", "256", "-M", "16",
                 "-P", str(run / "kamailio.pid"), "-Y", str(run), "-w", str(run),
+                *self.options,
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
