@@ -26,6 +26,7 @@ from typing import Any, Generic, TypeVar
 
 import grpc
 
+from .exchange import ExchangeConnection
 from .pool import ChallengePool
 from .proxy import (
     ProxyDecision,
@@ -103,6 +104,11 @@ class ClientOptions:
     #: fetched this many at a time (IssueChallenge ``count``), when the server says they may be
     #: pooled; 0: one VerifyResponse call per such request. The asyncio client does not pool yet.
     challenge_batch: int = 0
+    #: ``SipauthClient`` only. ``unary``: one gRPC call per request (grpcio). ``exchange``: calls as
+    #: messages on one Exchange stream per process, over a lean HTTP/2 connection of the client's own
+    #: (for proxy workers that make one call at a time: far less CPU per call; calls from several
+    #: threads take turns). A server without Exchange is then called unary.
+    transport: str = "unary"
 
     def __post_init__(self) -> None:
         if self.timeout <= 0:
@@ -111,6 +117,8 @@ class ClientOptions:
             raise ValueError("retries, backoff and max_backoff must not be negative")
         if not 0 <= self.challenge_batch <= 64:
             raise ValueError("challenge_batch must be between 0 and 64")
+        if self.transport not in ("unary", "exchange"):
+            raise ValueError("transport must be 'unary' or 'exchange'")
 
     def delays(self) -> Iterator[float]:
         """The waits between attempts: ``retries`` of them, growing exponentially."""
@@ -168,7 +176,7 @@ def _retryable(exc: grpc.RpcError) -> bool:
     return bool(exc.code() == grpc.StatusCode.UNAVAILABLE)
 
 
-_CHANNELS: weakref.WeakSet[_PerProcessChannel[Any]] = weakref.WeakSet()
+_CHANNELS: weakref.WeakSet[_PerProcessChannel[Any] | _PerProcessExchange] = weakref.WeakSet()
 
 
 def _after_fork_in_child() -> None:
@@ -224,6 +232,43 @@ class _PerProcessChannel(Generic[C]):
         return channel if owned else None
 
 
+_EXCHANGE_FIELDS = {"IssueChallenge": "issue_challenge", "VerifyResponse": "verify_response"}
+
+
+class _PerProcessExchange:
+    """One Exchange connection per process, one call on it at a time."""
+
+    def __init__(self, target: str, options: ClientOptions) -> None:
+        self.target = target
+        self.options = options
+        self._pid = -1
+        self._connection: ExchangeConnection | None = None
+        self._lock = threading.Lock()
+        _CHANNELS.add(self)
+
+    def reset_lock(self) -> None:
+        """Replace the lock (in a freshly forked child)."""
+        self._lock = threading.Lock()
+
+    def call(self, name: str, request: Any, timeout: float) -> Any:
+        """``name`` (an ExchangeRequest field) with ``request``; raises ExchangeCallError."""
+        with self._lock:
+            pid = os.getpid()
+            if self._connection is None or pid != self._pid:
+                # A connection inherited across fork() belongs to the parent: dropped without closing.
+                self._connection = ExchangeConnection(self.target, self.options)
+                self._pid = pid
+            return self._connection.call(name, request, timeout)
+
+    def close(self) -> None:
+        """Close this process's connection."""
+        with self._lock:
+            connection, owned = self._connection, self._pid == os.getpid()
+            self._connection, self._pid = None, -1
+            if connection is not None and owned:
+                connection.close()
+
+
 class SipauthClient:
     """Blocking client. Thread-safe; create one per process (or before fork: it survives it)."""
 
@@ -235,6 +280,7 @@ class SipauthClient:
             target, self.options, insecure if self.options.tls is None else grpc.secure_channel
         )
         self._pool = ChallengePool(self.options.challenge_batch)
+        self._exchange = _PerProcessExchange(target, self.options) if self.options.transport == "exchange" else None
 
     @property
     def target(self) -> str:
@@ -245,8 +291,15 @@ class SipauthClient:
         delays = self.options.delays()
         while True:
             try:
+                if self._exchange is not None:
+                    return self._exchange.call(_EXCHANGE_FIELDS[name], request, self.options.timeout)
                 return getattr(self._channel.stub(), name)(request, timeout=self.options.timeout)
             except grpc.RpcError as exc:
+                if self._exchange is not None and exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+                    # A server that predates Exchange: the unary RPCs answer the same questions.
+                    self._exchange.close()
+                    self._exchange = None
+                    continue
                 delay = next(delays, None) if _retryable(exc) else None
                 if delay is None:
                     raise
@@ -344,10 +397,12 @@ class SipauthClient:
         )
 
     def close(self) -> None:
-        """Close this process's channel; the next call opens a new one."""
+        """Close this process's channel (and Exchange connection); the next call opens a new one."""
         channel = self._channel.take()
         if channel is not None:
             channel.close()
+        if self._exchange is not None:
+            self._exchange.close()
 
     def __enter__(self) -> SipauthClient:
         return self

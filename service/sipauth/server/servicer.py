@@ -9,10 +9,11 @@ default INTERNAL: see ``_decoder``.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
@@ -136,19 +137,21 @@ def decision_to_proto(decision: Decision) -> auth_pb2.VerifyResponseResponse:
     return response
 
 
+Labels = tuple[str, str, str, str]
+Call = Callable[[], Awaitable[tuple[M, Labels]]]
+
+#: Exchange: calls of one stream being answered at once; reading the stream waits beyond this.
+EXCHANGE_IN_FLIGHT = 32
+
+
 class AuthServicer:
     """sipauth.v1.AuthService on top of an Authenticator."""
 
     def __init__(self, authenticator: Authenticator) -> None:
         self._authenticator = authenticator
 
-    async def issue_challenge(
-        self, request: auth_pb2.IssueChallengeRequest | _Undecodable, context: grpc.aio.ServicerContext
-    ) -> auth_pb2.IssueChallengeResponse:
-        """IssueChallenge."""
-
-        async def call() -> tuple[auth_pb2.IssueChallengeResponse, tuple[str, str, str, str]]:
-            assert isinstance(request, auth_pb2.IssueChallengeRequest)
+    def _challenge_call(self, request: auth_pb2.IssueChallengeRequest) -> Call[auth_pb2.IssueChallengeResponse]:
+        async def call() -> tuple[auth_pb2.IssueChallengeResponse, Labels]:
             kind = _kind(request.type)
             challenge = self._authenticator.issue_challenge(
                 ChallengeRequest(
@@ -165,18 +168,16 @@ class AuthServicer:
             realm = request.realm or self._authenticator.default_realm
             return challenge_to_proto(challenge), ("challenge", "", realm, "")
 
-        return await _observed("IssueChallenge", request, context, call)
+        return call
 
-    async def verify_response(
-        self, request: auth_pb2.VerifyResponseRequest | _Undecodable, context: grpc.aio.ServicerContext
-    ) -> auth_pb2.VerifyResponseResponse:
-        """VerifyResponse."""
+    def _verify_call(
+        self, request: auth_pb2.VerifyResponseRequest
+    ) -> tuple[Call[auth_pb2.VerifyResponseResponse], Callable[[grpc.StatusCode], None]]:
         started = time.perf_counter()
         domain: VerifyRequest | None = None
 
-        async def call() -> tuple[auth_pb2.VerifyResponseResponse, tuple[str, str, str, str]]:
+        async def call() -> tuple[auth_pb2.VerifyResponseResponse, Labels]:
             nonlocal domain
-            assert isinstance(request, auth_pb2.VerifyResponseRequest)
             domain = VerifyRequest(
                 method=request.method,
                 request_uri=request.request_uri,
@@ -196,7 +197,90 @@ class AuthServicer:
             if domain is not None:
                 audit.record_fault(domain, status.name, time.perf_counter() - started)
 
-        return await _observed("VerifyResponse", request, context, call, on_fault)
+        return call, on_fault
+
+    async def issue_challenge(
+        self, request: auth_pb2.IssueChallengeRequest | _Undecodable, context: grpc.aio.ServicerContext
+    ) -> auth_pb2.IssueChallengeResponse:
+        """IssueChallenge."""
+        if isinstance(request, _Undecodable):
+            return await _unary("IssueChallenge", context, _undecodable)
+        return await _unary("IssueChallenge", context, self._challenge_call(request))
+
+    async def verify_response(
+        self, request: auth_pb2.VerifyResponseRequest | _Undecodable, context: grpc.aio.ServicerContext
+    ) -> auth_pb2.VerifyResponseResponse:
+        """VerifyResponse."""
+        if isinstance(request, _Undecodable):
+            return await _unary("VerifyResponse", context, _undecodable)
+        return await _unary("VerifyResponse", context, *self._verify_call(request))
+
+    async def exchange(
+        self, requests: AsyncIterator[auth_pb2.ExchangeRequest | _Undecodable], context: grpc.aio.ServicerContext
+    ) -> None:
+        """Exchange: each message is answered as its unary RPC would be, with the same metrics and audit lines.
+
+        Calls are answered concurrently (up to EXCHANGE_IN_FLIGHT per stream) and
+        their answers written one at a time, in the order they are ready. A
+        message that does not decode ends the stream with INVALID_ARGUMENT: the
+        framing itself can no longer be trusted.
+        """
+        stream_id = _request_id(context)
+        writing = asyncio.Lock()
+        slots = asyncio.Semaphore(EXCHANGE_IN_FLIGHT)
+        tasks: set[asyncio.Task[None]] = set()
+
+        async def answer(message: auth_pb2.ExchangeRequest, request_id: str) -> None:
+            try:
+                response = await self._exchange_one(message, request_id)
+                async with writing:
+                    await context.write(response)
+            finally:
+                slots.release()
+
+        try:
+            number = 0
+            async for message in requests:
+                if isinstance(message, _Undecodable):
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a message is not a valid ExchangeRequest")
+                assert isinstance(message, auth_pb2.ExchangeRequest)
+                await slots.acquire()
+                number += 1
+                task = asyncio.create_task(answer(message, f"{stream_id}.{number}"))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            if tasks:
+                await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+
+    async def _exchange_one(self, message: auth_pb2.ExchangeRequest, request_id: str) -> auth_pb2.ExchangeResponse:
+        out = auth_pb2.ExchangeResponse(id=message.id, request_id=request_id)
+        which = message.WhichOneof("call")
+        if which == "verify_response":
+            verified, code, details = await _observed(
+                "VerifyResponse", request_id, *self._verify_call(message.verify_response)
+            )
+            if verified is not None:
+                out.verify_response.CopyFrom(verified)
+                return out
+        elif which == "issue_challenge":
+            challenged, code, details = await _observed(
+                "IssueChallenge", request_id, self._challenge_call(message.issue_challenge)
+            )
+            if challenged is not None:
+                out.issue_challenge.CopyFrom(challenged)
+                return out
+        else:
+            code, details = grpc.StatusCode.INVALID_ARGUMENT, "the request names no call"
+        out.error.code = code.value[0]
+        out.error.message = details
+        return out
+
+
+async def _undecodable() -> tuple[Any, Labels]:
+    raise InvalidRequest("request is not a valid protobuf message")
 
 
 def _request_id(context: grpc.aio.ServicerContext) -> str:
@@ -221,41 +305,53 @@ _LATENCY = {rpc: REQUEST_LATENCY.labels(rpc) for rpc in ("IssueChallenge", "Veri
 
 async def _observed(
     rpc: str,
-    request: object,
-    context: grpc.aio.ServicerContext,
-    call: Callable[[], Awaitable[tuple[M, tuple[str, str, str, str]]]],
+    request_id: str,
+    call: Call[M],
     on_fault: Callable[[grpc.StatusCode], None] | None = None,
-) -> M:
-    """Run ``call`` with a request id, metrics and one mapping of every failure to a status code."""
-    request_id = _request_id(context)
+) -> tuple[M | None, grpc.StatusCode, str]:
+    """Run ``call`` under ``request_id`` with metrics and one mapping of every failure to a status code.
+
+    Returns (response, OK, "") or (None, code, details).
+    """
     token = current_request_id.set(request_id)
     INFLIGHT.inc()
     started = time.perf_counter()
     try:
-        context.set_trailing_metadata((("x-request-id", request_id),))
-        if isinstance(request, _Undecodable):
-            code, details = grpc.StatusCode.INVALID_ARGUMENT, "request is not a valid protobuf message"
+        try:
+            response, (verdict, reason, realm, algorithm) = await call()
+        except InvalidRequest as exc:
+            code, details = grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+        except BackendUnavailable as exc:
+            log.warning("backend unavailable: %s", exc)
+            code, details = grpc.StatusCode.UNAVAILABLE, "a backend is unavailable"
+        except Exception:
+            log.exception("internal error")
+            code, details = grpc.StatusCode.INTERNAL, "internal error"
         else:
-            try:
-                response, (verdict, reason, realm, algorithm) = await call()
-            except InvalidRequest as exc:
-                code, details = grpc.StatusCode.INVALID_ARGUMENT, str(exc)
-            except BackendUnavailable as exc:
-                log.warning("backend unavailable: %s", exc)
-                code, details = grpc.StatusCode.UNAVAILABLE, "a backend is unavailable"
-            except Exception:
-                log.exception("internal error")
-                code, details = grpc.StatusCode.INTERNAL, "internal error"
-            else:
-                _OUTCOMES[rpc, verdict, reason, realm, algorithm].inc()
-                return response
+            _OUTCOMES[rpc, verdict, reason, realm, algorithm].inc()
+            return response, grpc.StatusCode.OK, ""
         _OUTCOMES[rpc, "fault", code.name.lower(), "", ""].inc()
         if on_fault is not None:
             on_fault(code)
+        return None, code, details
     finally:
         _LATENCY[rpc].observe(time.perf_counter() - started)
         INFLIGHT.dec()
         current_request_id.reset(token)
+
+
+async def _unary(
+    rpc: str,
+    context: grpc.aio.ServicerContext,
+    call: Call[M],
+    on_fault: Callable[[grpc.StatusCode], None] | None = None,
+) -> M:
+    """A unary RPC: the request id comes from and goes back in metadata; a fault aborts the call."""
+    request_id = _request_id(context)
+    context.set_trailing_metadata((("x-request-id", request_id),))
+    response, code, details = await _observed(rpc, request_id, call, on_fault)
+    if response is not None:
+        return response
     await context.abort(code, details)
     raise AssertionError("unreachable: abort raises")
 
@@ -274,6 +370,11 @@ def generic_handler(servicer: AuthServicer) -> grpc.GenericRpcHandler:
                 servicer.verify_response,
                 request_deserializer=_decoder(auth_pb2.VerifyResponseRequest),
                 response_serializer=auth_pb2.VerifyResponseResponse.SerializeToString,
+            ),
+            "Exchange": grpc.stream_stream_rpc_method_handler(
+                servicer.exchange,
+                request_deserializer=_decoder(auth_pb2.ExchangeRequest),
+                response_serializer=auth_pb2.ExchangeResponse.SerializeToString,
             ),
         },
     )

@@ -148,3 +148,35 @@ class VerifyResponseResponse(_message.Message):
     reason: str
     identity: Identity
     def __init__(self, verdict: _Optional[_Union[Verdict, str]] = ..., username: _Optional[str] = ..., status_code: _Optional[int] = ..., challenge: _Optional[_Union[IssueChallengeResponse, _Mapping]] = ..., authentication_info: _Optional[str] = ..., reason: _Optional[str] = ..., identity: _Optional[_Union[Identity, _Mapping]] = ...) -> None: ...
+
+class ExchangeRequest(_message.Message):
+    __slots__ = ("id", "issue_challenge", "verify_response")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    ISSUE_CHALLENGE_FIELD_NUMBER: _ClassVar[int]
+    VERIFY_RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    issue_challenge: IssueChallengeRequest
+    verify_response: VerifyResponseRequest
+    def __init__(self, id: _Optional[int] = ..., issue_challenge: _Optional[_Union[IssueChallengeRequest, _Mapping]] = ..., verify_response: _Optional[_Union[VerifyResponseRequest, _Mapping]] = ...) -> None: ...
+
+class ExchangeResponse(_message.Message):
+    __slots__ = ("id", "issue_challenge", "verify_response", "error", "request_id")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    ISSUE_CHALLENGE_FIELD_NUMBER: _ClassVar[int]
+    VERIFY_RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    issue_challenge: IssueChallengeResponse
+    verify_response: VerifyResponseResponse
+    error: ExchangeError
+    request_id: str
+    def __init__(self, id: _Optional[int] = ..., issue_challenge: _Optional[_Union[IssueChallengeResponse, _Mapping]] = ..., verify_response: _Optional[_Union[VerifyResponseResponse, _Mapping]] = ..., error: _Optional[_Union[ExchangeError, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class ExchangeError(_message.Message):
+    __slots__ = ("code", "message")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    code: int
+    message: str
+    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...

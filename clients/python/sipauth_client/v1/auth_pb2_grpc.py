@@ -44,6 +44,11 @@ class AuthServiceStub:
                 request_serializer=sipauth_dot_v1_dot_auth__pb2.VerifyResponseRequest.SerializeToString,
                 response_deserializer=sipauth_dot_v1_dot_auth__pb2.VerifyResponseResponse.FromString,
                 _registered_method=True)
+        self.Exchange = channel.stream_stream(
+                '/sipauth.v1.AuthService/Exchange',
+                request_serializer=sipauth_dot_v1_dot_auth__pb2.ExchangeRequest.SerializeToString,
+                response_deserializer=sipauth_dot_v1_dot_auth__pb2.ExchangeResponse.FromString,
+                _registered_method=True)
 
 
 class AuthServiceServicer:
@@ -64,6 +69,18 @@ class AuthServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Exchange(self, request_iterator, context):
+        """IssueChallenge and VerifyResponse as messages on one long-lived stream, for a
+        proxy worker that makes one call after another: a message costs both ends far
+        less than a unary call does. Each request is answered once, with its id; answers
+        may come in any order. A call that fails gets `error` (the status the unary RPC
+        would have ended with) and the stream stays open. The stream ends only when the
+        client closes it, the server shuts down, or the client is refused (mutual TLS).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AuthServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -76,6 +93,11 @@ def add_AuthServiceServicer_to_server(servicer, server):
                     servicer.VerifyResponse,
                     request_deserializer=sipauth_dot_v1_dot_auth__pb2.VerifyResponseRequest.FromString,
                     response_serializer=sipauth_dot_v1_dot_auth__pb2.VerifyResponseResponse.SerializeToString,
+            ),
+            'Exchange': grpc.stream_stream_rpc_method_handler(
+                    servicer.Exchange,
+                    request_deserializer=sipauth_dot_v1_dot_auth__pb2.ExchangeRequest.FromString,
+                    response_serializer=sipauth_dot_v1_dot_auth__pb2.ExchangeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -132,6 +154,33 @@ class AuthService:
             '/sipauth.v1.AuthService/VerifyResponse',
             sipauth_dot_v1_dot_auth__pb2.VerifyResponseRequest.SerializeToString,
             sipauth_dot_v1_dot_auth__pb2.VerifyResponseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Exchange(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/sipauth.v1.AuthService/Exchange',
+            sipauth_dot_v1_dot_auth__pb2.ExchangeRequest.SerializeToString,
+            sipauth_dot_v1_dot_auth__pb2.ExchangeResponse.FromString,
             options,
             channel_credentials,
             insecure,
