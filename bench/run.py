@@ -63,33 +63,58 @@ def _summary(name: str, count: int, elapsed: float, cpu: float, latencies_us: li
 class Bench:
     """One run: its servers, its workdir, its measurements."""
 
-    def __init__(self, workdir: Path, duration: float, quick: bool) -> None:
+    def __init__(self, workdir: Path, duration: float, quick: bool, rounds: int = 2) -> None:
         self.workdir = workdir
         self.duration = duration
         self.quick = quick
+        self.rounds = rounds
         self.results: dict[str, dict] = {}
+        self._raw: dict[str, tuple[int, float, float, list[int], dict]] = {}
         self.latencies: dict[str, list[int]] = {}
         self.key_file = workdir / "nonce-keys"
         self.key_file.write_text(os.urandom(32).hex() + "\n")
 
     # -- load ---------------------------------------------------------------
 
-    def h2load(self, server: ServerProcess, name: str, path: str, body: bytes, *, clients: int = 4, streams: int = 16):
+    def h2load(
+        self,
+        server: ServerProcess,
+        name: str,
+        path: str,
+        body: bytes,
+        *,
+        clients: int = 4,
+        streams: int = 16,
+        duration: float | None = None,
+    ) -> dict:
         before = cpu_seconds(server.pid)
         result = run_h2load(
-            server.target, path, body, self.workdir, duration=self.duration, clients=clients, streams=streams, name=name
+            server.target,
+            path,
+            body,
+            self.workdir,
+            duration=duration or self.duration,
+            clients=clients,
+            streams=streams,
+            name=name,
         )
         cpu = cpu_seconds(server.pid) - before
         extra = {"generator": "h2load", "failed": result.failed, "clients": clients, "streams": streams}
-        summary = _summary(name, result.succeeded, result.elapsed, cpu, result.latencies_us, extra=extra)
-        self._record(name, summary, result.latencies_us)
-        return summary
+        return self._add(name, result.succeeded, result.elapsed, cpu, result.latencies_us, extra=extra)
 
     def loadgen(
-        self, server: ServerProcess, name: str, *, processes: int = 2, concurrency: int = 16, rate: float = 0.0
+        self,
+        server: ServerProcess,
+        name: str,
+        *,
+        processes: int = 2,
+        concurrency: int = 16,
+        rate: float = 0.0,
+        duration: float | None = None,
     ) -> dict:
         """ACCEPT answers from ``processes`` Python generators (closed loop, or open loop at ``rate`` in all)."""
-        per_process = int((rate / processes if rate else 4000) * self.duration * 1.3) + 500
+        duration = duration or self.duration
+        per_process = int((rate / processes if rate else 4000) * duration * 1.3) + 500
         users = ",".join(f"{n}:{p}" for n, p in USERS)
         procs = []
         for index in range(processes):
@@ -97,7 +122,7 @@ class Bench:
             argv = [
                 sys.executable, "-m", "bench.loadgen",
                 "--target", server.target, "--key-file", str(self.key_file), "--users", users,
-                "--count", str(per_process), "--duration", str(self.duration),
+                "--count", str(per_process), "--duration", str(duration),
                 "--concurrency", str(concurrency), "--rate", str(rate / processes if rate else 0), "--out", str(out),
             ]  # fmt: skip
             proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)
@@ -111,7 +136,7 @@ class Bench:
             proc.stdin.write("go\n")
             proc.stdin.flush()
         for proc, _ in procs:
-            proc.wait(self.duration + 60)
+            proc.wait(duration + 60)
         cpu = cpu_seconds(server.pid) - before
         ok = bad = errors = 0
         elapsed = 0.0
@@ -132,7 +157,31 @@ class Bench:
             "target_rate": rate or None,
             "ran_out_of_requests": exhausted,
         }
-        summary = _summary(name, ok + bad, elapsed, cpu, latencies, extra=extra)
+        counts = ("accepted", "not_accepted", "errors")
+        return self._add(name, ok + bad, elapsed, cpu, latencies, extra=extra, counts=counts)
+
+    def _add(
+        self,
+        name: str,
+        count: int,
+        elapsed: float,
+        cpu: float,
+        latencies: list[int],
+        *,
+        extra: dict,
+        counts: tuple[str, ...] = ("failed",),
+    ) -> dict:
+        """Record one round of ``name``; rounds of the same name add up (requests, time, CPU, latencies)."""
+        previous = self._raw.get(name)
+        if previous is not None:
+            count, elapsed, cpu = count + previous[0], elapsed + previous[1], cpu + previous[2]
+            latencies = previous[3] + latencies
+            extra = {**extra, **{key: extra[key] + previous[4][key] for key in counts}}
+            extra["rounds"] = previous[4]["rounds"] + 1
+        else:
+            extra = {**extra, "rounds": 1}
+        self._raw[name] = (count, elapsed, cpu, latencies, extra)
+        summary = _summary(name, count, elapsed, cpu, latencies, extra=extra)
         self._record(name, summary, latencies)
         return summary
 
@@ -209,15 +258,23 @@ def run_grpc(bench: Bench) -> dict:  # noqa: PLR0915 - one phase after the other
         print("gRPC level: one server process on core 1, load generators on core 0", flush=True)
         generator_cpus = "0"
         os.sched_setaffinity(0, {int(generator_cpus)})
-        bench.h2load(empty, "empty IssueChallenge", CHALLENGE_PATH, _challenge_body())
-        bench.h2load(sipauth, "sipauth IssueChallenge", CHALLENGE_PATH, _challenge_body())
-        bench.h2load(empty, "empty VerifyResponse (h2load)", VERIFY_PATH, _missing_body())
-        bench.h2load(sipauth, "sipauth VerifyResponse REJECT", VERIFY_PATH, _missing_body())
-        bench.loadgen(empty, "empty VerifyResponse (python)")
-        accept = bench.loadgen(sipauth, "sipauth VerifyResponse ACCEPT")
+        # Each comparison alternates in rounds (empty, sipauth, empty, sipauth...) and adds them up:
+        # a burst of noise from the rest of the machine then weighs on both sides.
+        rounds = bench.rounds
+        span = bench.duration / rounds
+        for _ in range(rounds):
+            bench.h2load(empty, "empty IssueChallenge", CHALLENGE_PATH, _challenge_body(), duration=span)
+            bench.h2load(sipauth, "sipauth IssueChallenge", CHALLENGE_PATH, _challenge_body(), duration=span)
+        for _ in range(rounds):
+            bench.h2load(empty, "empty VerifyResponse (h2load)", VERIFY_PATH, _missing_body(), duration=span)
+            bench.h2load(sipauth, "sipauth VerifyResponse REJECT", VERIFY_PATH, _missing_body(), duration=span)
+        for _ in range(rounds):
+            bench.loadgen(empty, "empty VerifyResponse (python)", duration=span)
+            accept = bench.loadgen(sipauth, "sipauth VerifyResponse ACCEPT", duration=span)
         half = accept["rps"] / 2
-        bench.loadgen(sipauth, "sipauth ACCEPT at half load", rate=half)
-        bench.loadgen(empty, "empty at the same rate", rate=half)
+        for _ in range(rounds):
+            bench.loadgen(sipauth, "sipauth ACCEPT at half load", rate=half, duration=span)
+            bench.loadgen(empty, "empty at the same rate", rate=half, duration=span)
         slapd.wait_for_log()
         searches = slapd.searches() - searches_before
         redis_calls = _redis_calls(redis_before, redis.client().info("commandstats"))
@@ -226,7 +283,10 @@ def run_grpc(bench: Bench) -> dict:  # noqa: PLR0915 - one phase after the other
             server.stop()
         servers.clear()
 
-        print("scaling: 1 worker vs 2 workers, unpinned (generator, Redis and workers share both cores)", flush=True)
+        # pin_workers: a worker and its gRPC threads on one CPU each, so "1 worker" is one CPU's worth;
+        # the generator runs where the scheduler puts it (on the idle CPU, then beside the workers).
+        print("scaling: 1 worker on one CPU vs 2 workers on two (pin_workers), generator unpinned", flush=True)
+        settings = {**settings, "pin_workers": True}
         one = start_sipauth(bench.workdir, settings, workers=1, name="sipauth-w1")
         servers.append(one)
         bench.h2load(one, "1 worker IssueChallenge", CHALLENGE_PATH, _challenge_body(), clients=8, streams=16)
@@ -283,6 +343,7 @@ def summarise(bench: Bench, grpc_facts: dict, sip: dict | None) -> dict:
         "loadavg_at_end": os.getloadavg(),
     }
     summary["duration_per_phase_s"] = bench.duration
+    summary["rounds_per_comparison"] = bench.rounds
     return summary
 
 
@@ -360,16 +421,23 @@ def plot(bench: Bench, path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--duration", type=float, default=8.0, help="seconds per load phase")
+    parser.add_argument("--duration", type=float, default=8.0, help="seconds per measurement, over all its rounds")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per gRPC-level comparison")
     parser.add_argument("--no-sip", action="store_true", help="skip the SIP level (Kamailio + SIPp)")
+    parser.add_argument("--sip-only", action="store_true", help="only the SIP level (no table of targets is written)")
     parser.add_argument("--quick", action="store_true", help="short phases, for trying the bench itself")
     args = parser.parse_args(argv)
     if args.quick:
-        args.duration = 3.0
+        args.duration, args.rounds = 3.0, 1
     started = time.monotonic()
     RESULTS.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="sipauth-bench-") as tmp:
-        bench = Bench(Path(tmp), args.duration, args.quick)
+        bench = Bench(Path(tmp), args.duration, args.quick, max(1, args.rounds))
+        if args.sip_only:
+            from bench.sip import run_sip
+
+            print(json.dumps(run_sip(bench), indent=2))
+            return 0
         facts = run_grpc(bench)
         sip = None
         if not args.no_sip:

@@ -10,6 +10,7 @@ as fast as the proxy answers. Rates, and CPU per exchange from /proc.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import time
@@ -21,6 +22,8 @@ from bench.servers import ServerProcess, start_empty, start_sipauth
 HERE = Path(__file__).resolve().parent
 USER, PASSWORD = "user000", "secret-000"
 IN_FLIGHT = 40
+#: The TLSF allocator (docs/integrating-a-proxy.md), in every scenario alike; KAMAILIO_BENCH_OPTIONS overrides.
+KAMAILIO_OPTIONS = tuple(os.environ.get("KAMAILIO_BENCH_OPTIONS", "-x tlsf -X tlsf").split())
 
 
 def _start_kamailio(workdir: Path, cfg: Path, defines: list[str], env: dict[str, str]) -> tuple[subprocess.Popen, int]:
@@ -32,7 +35,21 @@ def _start_kamailio(workdir: Path, cfg: Path, defines: list[str], env: dict[str,
     argv = ["kamailio", "-f", str(cfg), "-A", f"LISTEN=udp:127.0.0.1:{port}", "-A", "CHILDREN=8"]
     for define in defines:
         argv += ["-A", define]
-    argv += ["-DD", "-E", "-m", "256", "-M", "16", "-P", str(run / "k.pid"), "-Y", str(run), "-w", str(run)]
+    argv += [
+        *KAMAILIO_OPTIONS,
+        "-DD",
+        "-E",
+        "-m",
+        "256",
+        "-M",
+        "16",
+        "-P",
+        str(run / "k.pid"),
+        "-Y",
+        str(run),
+        "-w",
+        str(run),
+    ]
     log = (workdir / "kamailio.log").open("wb")
     proc = subprocess.Popen(
         argv, stdout=log, stderr=subprocess.STDOUT, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", **env}, cwd=workdir
@@ -156,7 +173,10 @@ def run_sip(bench) -> dict:  # noqa: PLR0915 - (a), (b), (c) one after the other
     try:
         for batch, label in (("32", "(c) sipauth, challenge pool (1 call)"), ("0", "(c0) sipauth, no pool (2 calls)")):
             kamailio = Kamailio(
-                work / f"sipauth-{batch}", sipauth.target, env={"KAMAILIO_SIPAUTH_CHALLENGE_BATCH": batch}
+                work / f"sipauth-{batch}",
+                sipauth.target,
+                env={"KAMAILIO_SIPAUTH_CHALLENGE_BATCH": batch},
+                options=KAMAILIO_OPTIONS,
             )
             kamailio.start()
             try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
+import logging
 import os
 import secrets
 import sys
@@ -47,11 +48,17 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     configure_logging(settings.log_level, settings.audit_file)
     if not args.worker:
-        from .supervisor import resolve_workers, run_supervisor
+        from .supervisor import pinned_cpus, resolve_workers, run_supervisor
 
         workers = resolve_workers(settings, args.workers)
         if workers > 1:
             return run_supervisor(settings, args.config, workers)
+        if settings.pin_workers:
+            args.cpu = pinned_cpus(1)[0]
+    if args.cpu is not None:
+        # Before the server starts its threads: they inherit the mask.
+        os.sched_setaffinity(0, {args.cpu})
+        logging.getLogger("sipauth").info("pinned to one CPU", extra={"cpu": args.cpu})
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency; keep serving without it
@@ -201,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     serve.add_argument("--ready-file", type=Path, help=argparse.SUPPRESS)
+    serve.add_argument("--cpu", type=int, help=argparse.SUPPRESS)
     serve.set_defaults(func=_cmd_serve)
 
     check = sub.add_parser("check-config", help="validate settings, users file and nonce keys, then exit")

@@ -331,6 +331,10 @@ class Settings(_Strict):
     #: Server processes sharing the port (SO_REUSEPORT); 0 = one per CPU the container may use
     #: (the cgroup CPU limit), or 1 without Redis, whose in-memory replay state is per process.
     workers: int = Field(default=0, ge=0, le=256)
+    #: Run worker i on CPU i of the process's CPU set (one CPU each, its gRPC threads included).
+    #: For dedicated cores only (bare metal, or Kubernetes' static CPU manager with integer CPU
+    #: requests): on shared CPUs it makes workers compete with whatever else runs there.
+    pin_workers: bool = False
     shutdown_grace_seconds: float = Field(default=10.0, ge=0, le=3600)
     max_header_length: int = Field(default=8192, ge=256, le=65536)
     max_body_bytes: int = Field(default=1 << 20, ge=0, le=16 << 20)

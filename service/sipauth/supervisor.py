@@ -59,6 +59,14 @@ def available_cpus(cgroup_v2: Path = _CGROUP_V2, cgroup_v1: tuple[Path, Path] = 
     return max(1, cpus)
 
 
+def pinned_cpus(workers: int) -> list[int]:
+    """The CPU of each of ``workers`` pinned workers: the process's CPUs in order, reused if too few."""
+    allowed = sorted(os.sched_getaffinity(0))
+    if len(allowed) < workers:
+        log.warning("pin_workers: fewer CPUs than workers, some share one", extra={"cpus": len(allowed)})
+    return [allowed[index % len(allowed)] for index in range(workers)]
+
+
 def resolve_workers(settings: Settings, requested: int | None) -> int:
     """The number of worker processes; ConfigError when several would not share replay state."""
     workers = settings.workers if requested is None else requested
@@ -200,7 +208,11 @@ def run_supervisor(settings: Settings, config: Path | None, workers: int) -> int
     argv = [sys.executable, "-m", "sipauth", "serve", "--worker"]
     if config is not None:
         argv += ["--config", str(config)]
-    pool = [_Worker(index, argv, env, runtime / f"ready-{index}") for index in range(workers)]
+    cpus = pinned_cpus(workers) if settings.pin_workers else None
+    pool = [
+        _Worker(index, argv if cpus is None else [*argv, "--cpu", str(cpus[index])], env, runtime / f"ready-{index}")
+        for index in range(workers)
+    ]
     supervisor = _Supervisor(settings, pool, metrics_dir)
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, supervisor.on_signal)

@@ -10,6 +10,8 @@ from typing import Any
 import pytest
 
 from sipauth.app import RunningServer
+from sipauth.errors import ReplayStoreUnavailable
+from sipauth.replay.redis import RedisEndpoint, connect
 from sipauth_client import AsyncSipauthClient, answer_challenge, auth_pb2, parse_challenge
 from tests.support.answers import answer_for
 from tests.support.redis_server import RedisServer
@@ -138,3 +140,57 @@ async def test_answer_without_qop_is_single_use_on_redis(
         )
         verdicts = [(await _verify(client, no_qop + f", nc={nc:08x}")).verdict for nc in (1, 2, 3)]
     assert verdicts == [auth_pb2.VERDICT_ACCEPT, auth_pb2.VERDICT_STALE, auth_pb2.VERDICT_STALE]
+
+
+async def test_concurrent_consumes_share_one_connection_and_keep_their_own_answers(redis_server: RedisServer) -> None:
+    """60 concurrent consumes (30 nonces, each twice, with reads beside): 30 fresh, 30 replays, on one connection."""
+    guard = connect(RedisEndpoint(url=redis_server.url, timeout=2.0))
+    pool = guard.client.connection_pool
+    made = 0
+    make_connection = pool.make_connection
+
+    def counting() -> Any:
+        nonlocal made
+        made += 1
+        return make_connection()
+
+    pool.make_connection = counting
+    redis_server.client().hset("sipauth:probe", mapping={"a": "1"})
+    try:
+        results = await asyncio.gather(
+            *(guard.consume_reading(f"nonce-{i % 30}", 1, 60, ["sipauth:probe"], ["a", "b"]) for i in range(60))
+        )
+    finally:
+        await guard.close()
+    fresh = [f for f, _ in results]
+    assert fresh.count(True) == 30
+    assert all(fresh[i] != fresh[i + 30] for i in range(30))  # of each pair, exactly one was first
+    assert all(reads == [[b"1", None]] for _, reads in results)
+    assert made <= 2  # the calls' connection, and the pool's for SCRIPT LOAD (once, on a fresh Redis)
+
+
+async def test_concurrent_consumes_survive_a_script_flush(redis_server: RedisServer) -> None:
+    """SCRIPT FLUSH (as after a Redis restart): concurrent calls get NOSCRIPT, the script is loaded, all answer."""
+    guard = connect(RedisEndpoint(url=redis_server.url, timeout=2.0))
+    try:
+        assert await guard.consume("warm", 1, 60)
+        redis_server.client().script_flush()
+        results = await asyncio.gather(*(guard.consume(f"after-flush-{i}", 1, 60) for i in range(20)))
+        assert results == [True] * 20
+        assert await guard.consume("after-flush-0", 1, 60) is False
+    finally:
+        await guard.close()
+
+
+async def test_waiting_consumes_all_fail_cleanly_when_redis_is_gone(redis_server: RedisServer) -> None:
+    """Redis stopped: every waiting call fails with ReplayStoreUnavailable (none hangs, none repeated); back: fine."""
+    guard = connect(RedisEndpoint(url=redis_server.url, timeout=0.5))
+    try:
+        assert await guard.consume("before", 1, 60)
+        redis_server.stop()
+        outcomes = await asyncio.gather(*(guard.consume(f"gone-{i}", 1, 60) for i in range(20)), return_exceptions=True)
+        assert all(isinstance(outcome, ReplayStoreUnavailable) for outcome in outcomes), outcomes
+        redis_server.start()
+        assert await guard.consume("after", 1, 60)
+    finally:
+        await guard.close()

@@ -239,3 +239,37 @@ async def test_sighup_reloads_users_and_nonce_keys(
         ok = await client.verify_response(authorization=still, method="REGISTER", request_uri=URI)
         assert ok.verdict == auth_pb2.VERDICT_ACCEPT
     assert proc.stop() == 0
+
+
+def _allowed_cpus(pid: int) -> set[int]:
+    return os.sched_getaffinity(pid)
+
+
+@pytest.mark.redis
+async def test_pinned_workers_run_on_one_cpu_each(
+    sipauth_process: Callable[..., SipauthProcess], redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """pin_workers: worker i (and every thread of it) may run on CPU i of the set only; calls are served."""
+    cpus = sorted(os.sched_getaffinity(0))
+    audit = tmp_path / "audit.log"
+    proc = sipauth_process(
+        {"redis": {"url": redis_server.url}, "workers": 2, "pin_workers": True, "audit_file": str(audit)}
+    )
+    async with AsyncSipauthClient(proc.target, timeout=5, retries=0) as client:
+        challenge = await client.issue_challenge(method="REGISTER")
+        answer = answer_for(challenge, username="alice", password="wonderland")
+        verdict = await client.verify_response(authorization=answer, method="REGISTER", request_uri=URI)
+    assert verdict.verdict == auth_pb2.VERDICT_ACCEPT
+    assert proc.proc is not None
+    workers = sorted(
+        int(pid) for pid in Path(f"/proc/{proc.proc.pid}/task/{proc.proc.pid}/children").read_text().split()
+    )
+    assert len(workers) == 2
+    masks = []
+    for pid in workers:
+        threads = [int(task.name) for task in Path(f"/proc/{pid}/task").iterdir()]
+        assert len(threads) > 1  # gRPC's own threads are there too
+        masks.append({frozenset(_allowed_cpus(thread)) for thread in threads})
+    expected = [{frozenset({cpus[index % len(cpus)]})} for index in range(2)]
+    assert sorted(masks, key=lambda mask: min(next(iter(mask)))) == expected
+    assert _allowed_cpus(proc.proc.pid) == set(cpus)  # the supervisor itself is not pinned

@@ -17,6 +17,7 @@ import asyncio
 import math
 import ssl
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -95,114 +96,147 @@ def _failure(exc: BaseException) -> ReplayStoreUnavailable:
 
 
 Command = tuple[object, ...]
+# Past this much unsent data, a writer waits for the socket (Redis not reading fast enough).
+_WRITE_BUFFER_LIMIT = 1 << 20
 
 
-class Coalescer:
-    """Sends the Redis commands of calls that wait at the same time in one pipeline.
+class DirectPipeline:
+    """The consume path's own connection to the master: every call writes its commands at once.
 
-    Under load many VerifyResponse calls wait on Redis together, and each
-    pipeline costs redis-py (connection checkout, packing, parsing) and the
-    kernel (a write and a read) far more than one more command in it does.
-    At most ``depth`` pipelines are on the wire; calls made meanwhile queue
-    and go together in the next one, up to ``max_calls`` calls. A call made
-    while fewer are on the wire goes out on the next turn of the event loop,
-    so a lone call waits for nothing.
+    redis-py spends more CPU on a call's bookkeeping (connection checkout,
+    packing, a task per timeout, response callbacks) than the kernel and
+    Redis spend on its round trip. Here each call's commands are written to
+    one connection as soon as the call is made, and one reader hands the
+    replies out in order (Redis answers a connection's commands in the order
+    it got them): calls made together share the round trip without waiting
+    for each other. The connection itself is made by redis-py, so TLS,
+    AUTH/ACL users, SELECT and Sentinel's master lookup are redis-py's.
 
-    A pipeline is not a transaction: each call's commands run as they would
-    alone (the consume script is atomic by itself) and a command's error is
-    its caller's only. A pipeline that fails as a whole (connection lost,
-    timeout) fails every call in it, and none is repeated: as for one call,
-    a script that may have run is never sent again. A NOSCRIPT answer (the
-    script did not run) has the script loaded and that call's commands sent
-    once more.
+    The guard's failure rules hold: a lost connection fails every call
+    waiting on it and nothing is sent again (a script that may have run is
+    never repeated); a call that gives up (timeout) drops the connection,
+    whose state is then unknown, and the next call dials again; a NOSCRIPT
+    reply (the script did not run) has the script loaded and that call's
+    commands sent once more; READONLY (a master demoted by a failover) drops
+    the connection, so the next call asks Sentinel for the master again.
     """
 
-    def __init__(self, client: Any, script: Any, *, depth: int = 1, max_calls: int = 128) -> None:
+    def __init__(self, client: Any, script: Any) -> None:
         self._client = client
         self._script = script
-        self._depth = depth
-        self._max_calls = max_calls
-        self._pending: list[tuple[Sequence[Command], asyncio.Future[list[Any]]]] = []
-        self._in_flight = 0
-        self._scheduled = False
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._connection: Any = None
+        self._pending: deque[tuple[asyncio.Future[list[Any]], int, list[Any]]] = deque()
+        self._reader: asyncio.Task[None] | None = None
+        self._dialing = asyncio.Lock()
+        self._closing: set[asyncio.Task[None]] = set()
+        self._loading: asyncio.Future[list[Any]] | None = None
 
     async def run(self, commands: Sequence[Command]) -> list[Any]:
-        """The replies to ``commands``, sent with whatever else is waiting; raises the first error reply."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[list[Any]] = loop.create_future()
-        self._pending.append((commands, future))
-        self._schedule(loop)
-        return await future
+        """The replies to ``commands``; raises the first error reply, or the connection's failure."""
+        replies = await self._send(commands)
+        if any(isinstance(reply, redis.exceptions.NoScriptError) for reply in replies):
+            await self._load_script()
+            replies = await self._send(commands)
+        for reply in replies:
+            if isinstance(reply, Exception):
+                if str(reply).startswith(("READONLY", "MASTERDOWN")):
+                    self._drop(redis.exceptions.ConnectionError("the master changed"))
+                raise reply
+        return replies
 
-    def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
-        if not self._scheduled and self._in_flight < self._depth:
-            self._scheduled = True
-            loop.call_soon(self._flush)
+    async def _load_script(self) -> None:
+        """SCRIPT LOAD on this connection, once for all the calls that met NOSCRIPT together."""
+        if self._loading is None or self._loading.done():
+            self._loading = asyncio.ensure_future(self._send([("SCRIPT", "LOAD", self._script.script)]))
+        (reply,) = await asyncio.shield(self._loading)
+        if isinstance(reply, Exception):
+            raise reply
+        self._script.sha = reply.decode() if isinstance(reply, bytes) else str(reply)
 
-    def _flush(self) -> None:
-        self._scheduled = False
-        loop = asyncio.get_running_loop()
-        while self._pending and self._in_flight < self._depth:
-            batch = [item for item in self._pending[: self._max_calls] if not item[1].done()]
-            del self._pending[: self._max_calls]
-            if batch:
-                self._in_flight += 1
-                task = loop.create_task(self._send(batch))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
-
-    async def _send(self, batch: list[tuple[Sequence[Command], asyncio.Future[list[Any]]]]) -> None:
+    async def _send(self, commands: Sequence[Command]) -> list[Any]:
+        connection = self._connection or await self._dial()
+        future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        pending = self._pending
+        pending.append((future, len(commands), []))
         try:
-            retry = await self._execute(batch)
-            if retry:
-                self._script.sha = await self._client.script_load(self._script.script)
-                for _, future in await self._execute(retry):
-                    _settle(future, error=redis.exceptions.NoScriptError("the consume script could not be loaded"))
-        except Exception as exc:  # the pipeline as a whole failed: so did every call in it
-            for _, future in batch:
-                _settle(future, error=exc)
+            writer = connection._writer  # redis-py's stream: written directly, without its per-call task
+            writer.writelines(connection.pack_commands(commands))
+            if writer.transport.get_write_buffer_size() > _WRITE_BUFFER_LIMIT:
+                await writer.drain()
+        except (OSError, AttributeError) as exc:
+            self._drop(redis.exceptions.ConnectionError(f"writing to Redis failed: {type(exc).__name__}"))
+            raise redis.exceptions.ConnectionError("writing to Redis failed") from exc
+        try:
+            return await future
         except asyncio.CancelledError:
-            for _, future in batch:
-                future.cancel()
+            # The caller gave up (its timeout): whatever this connection still owes is in doubt.
+            if pending is self._pending:
+                self._drop(redis.exceptions.TimeoutError("a call on the connection timed out"))
             raise
-        finally:
-            self._in_flight -= 1
-            if self._pending:
-                self._schedule(asyncio.get_running_loop())
 
-    async def _execute(
-        self, batch: list[tuple[Sequence[Command], asyncio.Future[list[Any]]]]
-    ) -> list[tuple[Sequence[Command], asyncio.Future[list[Any]]]]:
-        """Send ``batch`` as one pipeline and settle each call; returns the calls answered NOSCRIPT."""
-        pipe = self._client.pipeline(transaction=False)
-        for commands, _ in batch:
-            for command in commands:
-                pipe.execute_command(*command)
-        replies = await pipe.execute(raise_on_error=False)
-        retry = []
-        start = 0
-        for commands, future in batch:
-            mine = replies[start : start + len(commands)]
-            start += len(commands)
-            if any(isinstance(reply, redis.exceptions.NoScriptError) for reply in mine):
-                retry.append((commands, future))
-                continue
-            error = next((reply for reply in mine if isinstance(reply, Exception)), None)
-            _settle(future, result=mine, error=error)
-        return retry
+    async def _dial(self) -> Any:
+        async with self._dialing:
+            if self._connection is None:
+                connection = self._client.connection_pool.make_connection()
+                await connection.connect()
+                self._pending = deque()
+                self._connection = connection
+                self._reader = asyncio.get_running_loop().create_task(self._read(connection, self._pending))
+            return self._connection
+
+    async def _read(self, connection: Any, pending: deque[tuple[asyncio.Future[list[Any]], int, list[Any]]]) -> None:
+        try:
+            while True:
+                try:
+                    reply = await connection.read_response(
+                        disable_decoding=True, timeout=math.inf, disconnect_on_error=False
+                    )
+                except redis.exceptions.ResponseError as error:
+                    reply = error  # an error reply: that command's answer, the connection is fine
+                if not pending:
+                    _unexpected()
+                future, count, replies = pending[0]
+                replies.append(reply)
+                if len(replies) == count:
+                    pending.popleft()
+                    if not future.done():
+                        future.set_result(replies)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the connection is lost: so is every call waiting on it
+            if pending is self._pending:
+                self._drop(redis.exceptions.ConnectionError(f"reading from Redis failed: {type(exc).__name__}"))
+            else:
+                _fail(pending, redis.exceptions.ConnectionError("the connection was dropped"))
+
+    def _drop(self, error: Exception) -> None:
+        """Forget the connection; its waiting calls fail with ``error``."""
+        connection, reader, pending = self._connection, self._reader, self._pending
+        self._connection, self._reader, self._pending = None, None, deque()
+        _fail(pending, error)
+        if reader is not None and reader is not asyncio.current_task():
+            reader.cancel()
+        if connection is not None:
+            task = asyncio.get_running_loop().create_task(connection.disconnect(nowait=True))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+
+    async def close(self) -> None:
+        """Drop the connection and wait until it is closed."""
+        self._drop(redis.exceptions.ConnectionError("closed"))
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
 
 
-def _settle(
-    future: asyncio.Future[list[Any]], *, result: list[Any] | None = None, error: BaseException | None = None
-) -> None:
-    """Answer a waiting call unless it gave up (timed out or was cancelled)."""
-    if future.done():
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(result or [])
+def _unexpected() -> None:
+    raise redis.exceptions.ConnectionError("a reply nobody asked for")
+
+
+def _fail(pending: deque[tuple[asyncio.Future[list[Any]], int, list[Any]]], error: Exception) -> None:
+    while pending:
+        future = pending.popleft()[0]
+        if not future.done():
+            future.set_exception(error)
 
 
 class RedisReplayGuard:
@@ -237,7 +271,7 @@ class RedisReplayGuard:
         self._wait_replicas = wait_replicas
         # Leave WAIT half the budget, so it answers "not enough" before the call as a whole times out.
         self._wait_ms = max(1, int((timeout or 1.0) * 500))
-        self._coalescer = Coalescer(client, self._script) if self.pipelines_reads else None
+        self._direct = DirectPipeline(client, self._script) if self.pipelines_reads else None
 
     @property
     def client(self) -> Any:
@@ -250,9 +284,9 @@ class RedisReplayGuard:
         started = time.perf_counter()
         try:
             async with asyncio.timeout(self._timeout), self._slots:
-                if self._coalescer is not None:
+                if self._direct is not None:
                     command = ("EVALSHA", self._script.sha, 1, replay_key(replay_id), nc or 0, ttl_ms)
-                    result = (await self._coalescer.run([command]))[0]
+                    result = (await self._direct.run([command]))[0]
                 elif self._wait_replicas:
                     result = await self._consume_replicated(replay_key(replay_id), [nc or 0, ttl_ms])
                 else:
@@ -285,14 +319,14 @@ class RedisReplayGuard:
         Not a transaction: the reads are a snapshot taken beside the consume, not
         atomic with it. Only where :attr:`pipelines_reads`.
         """
-        assert self._coalescer is not None, "consume_reading needs pipelines_reads"
+        assert self._direct is not None, "consume_reading needs pipelines_reads"
         ttl_ms = max(1, math.ceil(ttl * 1000))
         commands: list[Command] = [("HMGET", read, *fields) for read in keys]
         commands.append(("EVALSHA", self._script.sha, 1, replay_key(replay_id), nc or 0, ttl_ms))
         started = time.perf_counter()
         try:
             async with asyncio.timeout(self._timeout), self._slots:
-                results = await self._coalescer.run(commands)
+                results = await self._direct.run(commands)
         except (redis.exceptions.RedisError, OSError) as exc:
             BACKEND_ERRORS.labels("redis", "consume").inc()
             raise _failure(exc) from exc
@@ -326,7 +360,9 @@ class RedisReplayGuard:
         return False
 
     async def close(self) -> None:
-        """Close the connection pool."""
+        """Close the connections."""
+        if self._direct is not None:
+            await self._direct.close()
         await self._client.aclose()
 
 
