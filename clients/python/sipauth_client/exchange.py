@@ -325,7 +325,9 @@ class ExchangeConnection:
             if remaining <= 0:
                 raise TimeoutError
             assert self._sock is not None
-            if remaining < self._io_timeout:
+            if remaining < 0.9 * self._io_timeout:
+                # A later read of the same call: the kernel's bound shrinks with the deadline
+                # (the first read waits the call's whole timeout, less what sending took).
                 self._set_io_timeout(remaining)
             try:
                 chunk = self._sock.recv(65_536)
