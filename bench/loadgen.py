@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import hashlib
 import json
 import os
@@ -147,6 +148,11 @@ async def _main(args: argparse.Namespace) -> dict:
         warm = _Run(requests[: args.warmup])
         await _closed(warm, call, 4, time.perf_counter() + 30)
         run = _Run(requests[args.warmup :])
+        # The generator's own collector must not pause it mid-run (its pauses would count as latency):
+        # everything made so far is frozen, and collection stays off for the bounded run.
+        gc.collect()
+        gc.freeze()
+        gc.disable()
         print("ready", flush=True)
         await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
         started = time.perf_counter()

@@ -289,13 +289,13 @@ def run_grpc(bench: Bench) -> dict:  # noqa: PLR0915 - one phase after the other
         settings = {**settings, "pin_workers": True}
         one = start_sipauth(bench.workdir, settings, workers=1, name="sipauth-w1")
         servers.append(one)
-        bench.h2load(one, "1 worker IssueChallenge", CHALLENGE_PATH, _challenge_body(), clients=8, streams=16)
+        bench.h2load(one, "1 worker IssueChallenge", CHALLENGE_PATH, _challenge_body(), clients=64, streams=2)
         one.stop()
         servers.clear()
         two = start_sipauth(bench.workdir, settings, workers=2, name="sipauth-w2")
         servers.append(two)
         bench.check_verdicts(two.target)
-        bench.h2load(two, "2 workers IssueChallenge", CHALLENGE_PATH, _challenge_body(), clients=8, streams=16)
+        bench.h2load(two, "2 workers IssueChallenge", CHALLENGE_PATH, _challenge_body(), clients=64, streams=2)
     finally:
         for server in servers:
             server.stop()
