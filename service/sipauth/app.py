@@ -30,6 +30,7 @@ from .replay.fallback import FallbackReplayGuard
 from .replay.redis import RedisEndpoint, RedisReplayGuard, connect
 from .server import SERVICE_NAME, AuthServicer, generic_handler
 from .server.client_identity import ClientIdentityInterceptor
+from .server.servicer import calls_in_flight
 from .server.tls import server_credentials
 
 __all__ = ["App", "RunningServer", "build_app", "serve", "server_options", "start_server"]
@@ -38,6 +39,8 @@ HEALTH_SERVICE_NAME = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 
 log = logging.getLogger("sipauth")
 _HEALTH_INTERVAL = 2.0
+# Shutdown: no call in flight for this long means the rest are idle connections.
+_SETTLE = 0.2
 
 
 @dataclass
@@ -211,6 +214,7 @@ class RunningServer:
     app: App
     health: HealthServicer
     monitor: asyncio.Task[None]
+    servicer: AuthServicer
     #: The plaintext grpc.health.v1-only server of ``health_listen``, and its port.
     health_server: grpc.aio.Server | None = None
     health_port: int = 0
@@ -221,7 +225,22 @@ class RunningServer:
         with contextlib.suppress(asyncio.CancelledError):
             await self.monitor
         await self.health.enter_graceful_shutdown()
-        await self.server.stop(grace)
+        self.servicer.drain()
+        stopping = asyncio.ensure_future(self.server.stop(grace))
+        # Calls in flight get the grace period; idle connections do not hold the shutdown to its end
+        # (an Exchange client between calls is not reading: it meets the GOAWAY on its next call).
+        loop = asyncio.get_running_loop()
+        deadline, quiet_since = loop.time() + grace, None
+        while not stopping.done() and loop.time() < deadline:
+            if calls_in_flight():
+                quiet_since = None
+            elif quiet_since is None:
+                quiet_since = loop.time()
+            elif loop.time() - quiet_since >= _SETTLE:
+                await self.server.stop(0)
+                break
+            await asyncio.wait((stopping,), timeout=0.05)
+        await stopping
         if self.health_server is not None:
             # Stopped last, so that probes see NOT_SERVING while the main port drains.
             await self.health_server.stop(0)
@@ -258,7 +277,8 @@ async def start_server(settings: Settings, *, reuse_port: bool = False) -> Runni
         interceptors.append(ClientIdentityInterceptor(ClientAllowlist(tls.allowed_clients)))
     app = build_app(settings)
     server = grpc.aio.server(interceptors=interceptors, options=server_options(settings, reuse_port=reuse_port))
-    server.add_generic_rpc_handlers((generic_handler(AuthServicer(app.authenticator)),))
+    servicer = AuthServicer(app.authenticator)
+    server.add_generic_rpc_handlers((generic_handler(servicer),))
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection((SERVICE_NAME, reflection.SERVICE_NAME, HEALTH_SERVICE_NAME), server)
@@ -288,7 +308,7 @@ async def start_server(settings: Settings, *, reuse_port: bool = False) -> Runni
             "health_port": health_port or None,
         },
     )
-    return RunningServer(server, bound, app, health, monitor, health_server, health_port)
+    return RunningServer(server, bound, app, health, monitor, servicer, health_server, health_port)
 
 
 def serve_metrics(settings: Settings, registry: CollectorRegistry | None = None) -> None:

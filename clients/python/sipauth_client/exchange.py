@@ -24,6 +24,7 @@ dropped: its stream's state is unknown), and a call's own ``error`` otherwise.
 from __future__ import annotations
 
 import contextlib
+import select
 import socket
 import ssl
 import struct
@@ -131,6 +132,7 @@ class ExchangeConnection:
         self._options = options
         self._host, self._port = split_target(target)
         self._sock: socket.socket | ssl.SSLSocket | None = None
+        self._poll: select.poll | None = None
         self._next_call_id = 1
         self._reset_connection_state()
 
@@ -170,6 +172,8 @@ class ExchangeConnection:
             raise
         self._reset_connection_state()
         self._sock = sock
+        self._poll = select.poll()
+        self._poll.register(sock, select.POLLIN)
         # Blocking I/O bounded by the kernel (SO_RCVTIMEO / SO_SNDTIMEO): one syscall per send or
         # receive, where a Python socket timeout adds a poll() before each.
         sock.settimeout(None)
@@ -252,13 +256,7 @@ class ExchangeConnection:
         body = envelope.SerializeToString()
         message = b"\x00" + _FRAME.pack(len(body)) + body
         try:
-            if self._sock is None:
-                self._dial(deadline)
-            if self._io_timeout != timeout:
-                self._set_io_timeout(timeout)
-            if not self._stream:
-                self._open_stream()
-            self._send_message(message, deadline)
+            self._deliver(message, deadline, timeout)
             while True:
                 answer = self._read_message(deadline)
                 if answer.id == call_id:
@@ -268,6 +266,8 @@ class ExchangeConnection:
                 self.close()  # the server is going away: the next call dials again
         except _StreamEnded as ended:
             self._stream = 0
+            if self._goaway:
+                self.close()
             raise ended.error from None
         except ExchangeCallError:
             self.close()
@@ -285,6 +285,60 @@ class ExchangeConnection:
         if result != name:
             raise ExchangeCallError(grpc.StatusCode.INTERNAL, f"the answer to {name} holds {result}")
         return getattr(answer, name)
+
+    def _deliver(self, message: bytes, deadline: float, timeout: float) -> None:
+        """Dial and open the stream when needed, then send ``message``.
+
+        A connection found closed when sending (the server went away while
+        this worker was idle, after its GOAWAY) is dialled again, once: the
+        message did not leave, so sending it on a new connection is safe.
+        """
+        for attempt in (1, 2):
+            if self._sock is not None and not self._still_open():
+                self.close()
+            reused = self._sock is not None
+            try:
+                if self._sock is None:
+                    self._dial(deadline)
+                if self._io_timeout != timeout:
+                    self._set_io_timeout(timeout)
+                if not self._stream:
+                    self._open_stream()
+                self._send_message(message, deadline)
+            except (BrokenPipeError, ConnectionResetError):
+                if not reused or attempt == 2:
+                    raise
+                self.close()
+            else:
+                return
+
+    def _still_open(self) -> bool:
+        """Take in what the server sent while this worker was idle; False if the connection is done.
+
+        A worker reads only while it waits for an answer: a GOAWAY (the server
+        shutting down) or the connection's end can be waiting here, and is
+        better found before sending than after.
+        """
+        assert self._sock is not None
+        assert self._poll is not None
+        if not self._poll.poll(0):
+            return True
+        try:
+            chunk = self._sock.recv(65_536)
+        except (BlockingIOError, ssl.SSLWantReadError):
+            return True
+        except OSError:
+            return False
+        if not chunk:
+            return False
+        self._buffer += chunk
+        try:
+            self._process(self._frames())  # may answer a PING or SETTINGS
+        except OSError:
+            return False
+        if self._ended is not None:
+            self._stream = 0  # a new stream, on this connection if it may carry one
+        return not self._goaway
 
     def _send_message(self, message: bytes, deadline: float) -> None:
         view = memoryview(message)

@@ -149,6 +149,14 @@ class AuthServicer:
 
     def __init__(self, authenticator: Authenticator) -> None:
         self._authenticator = authenticator
+        self._draining = asyncio.Event()
+        self._reading: set[asyncio.Task[Any]] = set()
+
+    def drain(self) -> None:
+        """Shutting down: Exchange streams take no new message, answer those they have, and end."""
+        self._draining.set()
+        for reading in self._reading:
+            reading.cancel()
 
     def _challenge_call(self, request: auth_pb2.IssueChallengeRequest) -> Call[auth_pb2.IssueChallengeResponse]:
         async def call() -> tuple[auth_pb2.IssueChallengeResponse, Labels]:
@@ -223,7 +231,9 @@ class AuthServicer:
         Calls are answered concurrently (up to EXCHANGE_IN_FLIGHT per stream) and
         their answers written one at a time, in the order they are ready. A
         message that does not decode ends the stream with INVALID_ARGUMENT: the
-        framing itself can no longer be trusted.
+        framing itself can no longer be trusted. When the server drains, the
+        stream answers what it has and is cancelled, so that shutting down does
+        not wait out the grace period for streams that would never end by themselves.
         """
         stream_id = _request_id(context)
         writing = asyncio.Lock()
@@ -238,17 +248,37 @@ class AuthServicer:
             finally:
                 slots.release()
 
+        reading = asyncio.current_task()
+        assert reading is not None
+        self._reading.add(reading)
         try:
             number = 0
-            async for message in requests:
-                if isinstance(message, _Undecodable):
-                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a message is not a valid ExchangeRequest")
-                assert isinstance(message, auth_pb2.ExchangeRequest)
-                await slots.acquire()
-                number += 1
-                task = asyncio.create_task(answer(message, f"{stream_id}.{number}"))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
+            try:
+                if self._draining.is_set():
+                    return
+                async for message in requests:
+                    if isinstance(message, _Undecodable):
+                        await context.abort(
+                            grpc.StatusCode.INVALID_ARGUMENT, "a message is not a valid ExchangeRequest"
+                        )
+                    assert isinstance(message, auth_pb2.ExchangeRequest)
+                    await slots.acquire()
+                    number += 1
+                    task = asyncio.create_task(answer(message, f"{stream_id}.{number}"))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+            except asyncio.CancelledError:
+                if not self._draining.is_set():
+                    raise
+                # drain() stopped the reading: answer what was read, then let the cancellation end the
+                # stream (RST_STREAM): a client that is not reading would otherwise hold the call, and
+                # the shutdown, until the grace period ends. It dials again, to another replica.
+                reading.uncancel()
+                if tasks:
+                    await asyncio.gather(*tasks, return_exceptions=True)
+                raise
+            finally:
+                self._reading.discard(reading)
             if tasks:
                 await asyncio.gather(*tasks)
         finally:
@@ -300,6 +330,14 @@ class _Outcomes(dict[tuple[str, str, str, str, str], Any]):
 
 
 _OUTCOMES = _Outcomes()
+_in_flight = 0
+
+
+def calls_in_flight() -> int:
+    """IssueChallenge and VerifyResponse calls (unary or Exchange messages) being answered now."""
+    return _in_flight
+
+
 _LATENCY = {rpc: REQUEST_LATENCY.labels(rpc) for rpc in ("IssueChallenge", "VerifyResponse")}
 
 
@@ -313,7 +351,9 @@ async def _observed(
 
     Returns (response, OK, "") or (None, code, details).
     """
+    global _in_flight  # noqa: PLW0603 - one counter per process, read by the shutdown
     token = current_request_id.set(request_id)
+    _in_flight += 1
     INFLIGHT.inc()
     started = time.perf_counter()
     try:
@@ -336,6 +376,7 @@ async def _observed(
         return None, code, details
     finally:
         _LATENCY[rpc].observe(time.perf_counter() - started)
+        _in_flight -= 1
         INFLIGHT.dec()
         current_request_id.reset(token)
 
