@@ -116,6 +116,9 @@ def _split_params(text: str, limits: Limits) -> dict[str, str]:
     params: dict[str, str] = {}
     pos = 0
     end = len(text)
+    # Values are pieces of the text (less quoting backslashes): without a control character in the
+    # text, none can hold one, and the check per value is skipped.
+    controls = _CONTROL.search(text) is not None
     while pos < end:
         match = _PARAM.match(text, pos)
         if match is None:
@@ -125,7 +128,7 @@ def _split_params(text: str, limits: Limits) -> dict[str, str]:
         value = _unquote(quoted) if quoted is not None else match["bare"]
         if name in params:
             raise MalformedCredentials(f"duplicate digest parameter {name!r}")
-        if _CONTROL.search(value):
+        if controls and _CONTROL.search(value):
             # quoted-pair admits escaped control characters; nothing legitimate needs them,
             # and echoing one (cnonce in Authentication-Info) would break the header.
             raise MalformedCredentials(f"digest parameter {name!r} holds a control character")

@@ -113,12 +113,26 @@ def challenge_to_proto(challenge: Challenge) -> auth_pb2.IssueChallengeResponse:
 
 
 def _identity_to_proto(identity: Identity) -> auth_pb2.Identity:
-    return auth_pb2.Identity(
+    """The proto of a (cached, immutable) identity, built once per identity object."""
+    cached = _IDENTITIES.get(id(identity))
+    if cached is not None and cached[0] is identity:
+        return cached[1]
+    if len(_IDENTITIES) >= _IDENTITIES_MAX:
+        _IDENTITIES.clear()
+    message = auth_pb2.Identity(
         display_name=identity.display_name,
         sip_uri=identity.sip_uri,
         groups=identity.groups,
         attributes=dict(identity.attributes),
     )
+    # The identity is kept beside its proto, so its id cannot be reused by another object meanwhile.
+    _IDENTITIES[id(identity)] = (identity, message)
+    return message
+
+
+# Identity protos by id() of their (immutable) Identity; emptied when full.
+_IDENTITIES: dict[int, tuple[Identity, auth_pb2.Identity]] = {}
+_IDENTITIES_MAX = 4096
 
 
 def decision_to_proto(decision: Decision) -> auth_pb2.VerifyResponseResponse:
