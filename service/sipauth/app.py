@@ -333,8 +333,10 @@ async def serve(settings: Settings, *, worker: bool = False, ready_file: Path | 
     gc.collect()
     gc.freeze()
     host, _ = parse_listen(settings.listen)
-    # Tests and scripts read this line to learn the port when listen asks for port 0.
-    print(f"sipauth listening on {format_listen(host, running.port)}", flush=True)
+    if not worker:
+        # Tests and scripts read this line to learn the port when listen asks for port 0. Under the
+        # supervisor, it prints the line itself once every worker serves (a worker's would come early).
+        print(f"sipauth listening on {format_listen(host, running.port)}", flush=True)
     if ready_file is not None:
         ready_file.touch()  # noqa: ASYNC240 - once at start; tells the supervisor this worker serves
     stop = asyncio.Event()
