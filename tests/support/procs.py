@@ -33,10 +33,22 @@ def require_binary(name: str, package: str) -> str:
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that is free on ``host`` right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    """A TCP port that is free on ``host`` right now, and never one this process was given before.
+
+    Two ports asked for back to back (slapd's ldap:// and ldaps://, say) could otherwise be the
+    same one: the first is closed again before the second is picked.
+    """
+    for _ in range(1000):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((host, 0))
+            port = int(sock.getsockname()[1])
+        if port not in _GIVEN:
+            _GIVEN.add(port)
+            return port
+    raise RuntimeError("no free port that was not given out before")
+
+
+_GIVEN: set[int] = set()
 
 
 def wait_until(check: Callable[[], bool], timeout: float, what: str, interval: float = 0.02) -> None:
