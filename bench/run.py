@@ -361,8 +361,9 @@ def print_table(summary: dict) -> str:
     grpc_results = summary["grpc"]
     for name, value in grpc_results.items():
         ratio = _ratio(value["cpu_us_per_request"], grpc_results.get(base.get(name, ""), {}).get("cpu_us_per_request"))
+        label = name if name.endswith(f"({value['generator']})") else f"{name} ({value['generator']})"
         rows.append(
-            f"| {name} ({value['generator']}) | {value['rps']:.0f} | {value['p50_ms']:.2f} | {value['p99_ms']:.2f} | "
+            f"| {label} | {value['rps']:.0f} | {value['p50_ms']:.2f} | {value['p99_ms']:.2f} | "
             f"{value['cpu_us_per_request'] or 0:.0f} | {f'{ratio:.2f}x' if ratio else ''} |"
         )
     sip = summary.get("sip")
