@@ -27,7 +27,7 @@ KAMAILIO_OPTIONS = tuple(os.environ.get("KAMAILIO_BENCH_OPTIONS", "-x tlsf -X tl
 
 
 def _start_kamailio(workdir: Path, cfg: Path, defines: list[str], env: dict[str, str]) -> tuple[subprocess.Popen, int]:
-    from tests.support.kamailio import _sip_probe, free_udp_port
+    from tests.support.kamailio import MEMORY, _sip_probe, free_udp_port
 
     port = free_udp_port()
     run = workdir / "run"
@@ -35,21 +35,8 @@ def _start_kamailio(workdir: Path, cfg: Path, defines: list[str], env: dict[str,
     argv = ["kamailio", "-f", str(cfg), "-A", f"LISTEN=udp:127.0.0.1:{port}", "-A", "CHILDREN=8"]
     for define in defines:
         argv += ["-A", define]
-    argv += [
-        *KAMAILIO_OPTIONS,
-        "-DD",
-        "-E",
-        "-m",
-        "256",
-        "-M",
-        "16",
-        "-P",
-        str(run / "k.pid"),
-        "-Y",
-        str(run),
-        "-w",
-        str(run),
-    ]
+    argv += [*KAMAILIO_OPTIONS, "-DD", "-E", *MEMORY]
+    argv += ["-P", str(run / "k.pid"), "-Y", str(run), "-w", str(run)]
     log = (workdir / "kamailio.log").open("wb")
     proc = subprocess.Popen(
         argv, stdout=log, stderr=subprocess.STDOUT, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", **env}, cwd=workdir

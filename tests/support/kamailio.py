@@ -13,7 +13,11 @@ import pytest
 
 from .procs import require_binary, stop_process, wait_until
 
-__all__ = ["KAMAILIO_SITE_PACKAGES", "Kamailio", "free_udp_port"]
+__all__ = ["KAMAILIO_SITE_PACKAGES", "MEMORY", "Kamailio", "free_udp_port"]
+
+#: Shared memory (MB) and each process's own (MB). tm keeps every transaction in shared memory for its
+#: wait timer (5 s) after the reply: 64 MB runs out at a few hundred REGISTER/s.
+MEMORY = ("-m", "256", "-M", "16")
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPE = ROOT / "clients" / "kamailio"
@@ -121,7 +125,7 @@ class Kamailio:
                 "-A", f'SIPAUTH_SCRIPT="{self.workdir / "sipauth_kemi.py"}"',
                 "-A", f'SIPAUTH_REALM="{self.realm}"',
                 "-A", f"CHILDREN={self.children}",
-                "-DD", "-E", "-m", "256", "-M", "16",
+                "-DD", "-E", *MEMORY,
                 "-P", str(run / "kamailio.pid"), "-Y", str(run), "-w", str(run),
                 *self.options,
             ],

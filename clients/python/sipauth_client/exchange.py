@@ -371,7 +371,7 @@ class ExchangeConnection:
                 raise _StreamEnded(self._ended)
             self._process(self._receive(deadline))
 
-    def _receive(self, deadline: float) -> Iterator[tuple[int, int, int, memoryview]]:
+    def _receive(self, deadline: float) -> Iterator[tuple[int, int, int, bytearray]]:
         """The complete frames in the buffer, reading from the socket first if there is none."""
         buffer = self._buffer
         while len(buffer) < 9 or len(buffer) < 9 + int.from_bytes(buffer[:3], "big"):
@@ -392,7 +392,7 @@ class ExchangeConnection:
             buffer += chunk
         return self._frames()
 
-    def _frames(self) -> Iterator[tuple[int, int, int, memoryview]]:
+    def _frames(self) -> Iterator[tuple[int, int, int, bytearray]]:
         buffer = self._buffer
         frames = []
         start = 0
@@ -403,14 +403,14 @@ class ExchangeConnection:
                 break
             kind, flags = buffer[start + 3], buffer[start + 4]
             stream = int.from_bytes(buffer[start + 5 : start + 9], "big") & 0x7FFF_FFFF
-            frames.append((kind, flags, stream, memoryview(bytes(buffer[start + 9 : end]))))
+            frames.append((kind, flags, stream, buffer[start + 9 : end]))  # the slice is the one copy
             start = end
         del buffer[:start]
         return iter(frames)
 
     # -- what the server sends -------------------------------------------------
 
-    def _process(self, frames: Iterator[tuple[int, int, int, memoryview]]) -> None:
+    def _process(self, frames: Iterator[tuple[int, int, int, bytearray]]) -> None:
         """Act on each frame.
 
         The end of the current stream is recorded (``_ended``), not raised: frames
@@ -449,7 +449,7 @@ class ExchangeConnection:
                 raise ExchangeCallError(grpc.StatusCode.INTERNAL, "server push, which was refused")
             # PRIORITY and unknown frame types are ignored (RFC 9113 sections 5.5, 6.3).
 
-    def _on_data(self, flags: int, stream: int, payload: memoryview) -> None:
+    def _on_data(self, flags: int, stream: int, payload: bytearray) -> None:
         size = len(payload)
         self._received += size
         if stream == self._stream:
@@ -471,7 +471,7 @@ class ExchangeConnection:
         if stream == self._stream and flags & _END_STREAM:
             self._end(ExchangeCallError(grpc.StatusCode.INTERNAL, "the stream ended without a status"))
 
-    def _on_headers(self, kind: int, flags: int, stream: int, payload: memoryview) -> None:
+    def _on_headers(self, kind: int, flags: int, stream: int, payload: bytearray) -> None:
         if kind == _HEADERS:
             if flags & _PADDED:
                 pad = payload[0] if payload else 0
@@ -518,7 +518,7 @@ class ExchangeConnection:
         if self._ended is None:
             self._ended = error
 
-    def _on_settings(self, payload: memoryview) -> None:
+    def _on_settings(self, payload: bytearray) -> None:
         for offset in range(0, len(payload) - len(payload) % 6, 6):
             ident, value = struct.unpack_from(">HI", payload, offset)
             if ident == _HEADER_TABLE_SIZE:

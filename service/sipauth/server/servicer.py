@@ -302,24 +302,22 @@ class AuthServicer:
     async def _exchange_one(self, message: auth_pb2.ExchangeRequest, request_id: str) -> auth_pb2.ExchangeResponse:
         out = auth_pb2.ExchangeResponse(id=message.id, request_id=request_id)
         which = message.WhichOneof("call")
+        answer: Message | None = None
         if which == "verify_response":
-            verified, code, details = await _observed(
+            answer, code, details = await _observed(
                 "VerifyResponse", request_id, *self._verify_call(message.verify_response)
             )
-            if verified is not None:
-                out.verify_response.CopyFrom(verified)
-                return out
         elif which == "issue_challenge":
-            challenged, code, details = await _observed(
+            answer, code, details = await _observed(
                 "IssueChallenge", request_id, self._challenge_call(message.issue_challenge)
             )
-            if challenged is not None:
-                out.issue_challenge.CopyFrom(challenged)
-                return out
         else:
             code, details = grpc.StatusCode.INVALID_ARGUMENT, "the request names no call"
-        out.error.code = code.value[0]
-        out.error.message = details
+        if answer is not None:
+            getattr(out, which).CopyFrom(answer)
+        else:
+            out.error.code = code.value[0]
+            out.error.message = details
         return out
 
 
