@@ -430,7 +430,7 @@ def _client(endpoint: RedisEndpoint) -> Any:
         return redis.asyncio.Redis.from_url(endpoint.url, **options)
     if endpoint.mode == "sentinel":
         sentinel_options = _connection_options(endpoint, endpoint.sentinel_username, endpoint.sentinel_password)
-        sentinel = Sentinel(list(endpoint.sentinels), sentinel_kwargs=sentinel_options)  # type: ignore[no-untyped-call]
+        sentinel = Sentinel(list(endpoint.sentinels), sentinel_kwargs=sentinel_options)  # type: ignore[no-untyped-call,unused-ignore]  # typed from redis-py 8.2
         return sentinel.master_for(endpoint.master_name, db=endpoint.db, **options)
     options.pop("health_check_interval")
     return RedisCluster(
