@@ -9,6 +9,9 @@ PYTEST_ARGS ?=
 
 # Commands the tests run for real, and the Debian package that provides each.
 TEST_PACKAGES := redis-server:redis-server redis-cli:redis-server slapd:slapd slapadd:slapd samba:samba samba-tool:samba ip:iproute2
+# A Samba AD DC needs three packages that samba only recommends (we install without recommends):
+# the schema files samba-tool provision reads, the directory's LDB modules, and the VFS modules (acl_xattr).
+TEST_PACKAGES += dpkg:samba-ad-provision dpkg:samba-dsdb-modules dpkg:samba-vfs-modules
 # SIP end to end: Kamailio with its embedded Python (app_python3) and SIPp (Debian's sip-tester).
 TEST_PACKAGES += kamailio:kamailio sipp:sip-tester dpkg:kamailio-python3-modules
 # The audit trail's fail2ban filter is checked with fail2ban's own regex tool.
