@@ -74,10 +74,9 @@ class Algorithm(enum.Enum):
     def parse(cls, token: str) -> Algorithm:
         """Look up a wire token case-insensitively (RFC 7616), comparing ASCII only (no Unicode case folding)."""
         if token.isascii():
-            folded = token.lower()
-            for algorithm in cls:
-                if algorithm.value.lower() == folded:
-                    return algorithm
+            algorithm = _BY_FOLDED_TOKEN.get(token.lower())
+            if algorithm is not None:
+                return algorithm
         raise UnsupportedAlgorithm(f"unsupported digest algorithm {token[:40]!r}")
 
 
@@ -87,3 +86,4 @@ for _member in Algorithm:
     _member._base = Algorithm(_member.value.removesuffix(_SESS))
     _member._hash = _HASHES[_member._base.value]
 del _member
+_BY_FOLDED_TOKEN = {algorithm.value.lower(): algorithm for algorithm in Algorithm}

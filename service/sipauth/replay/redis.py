@@ -100,6 +100,8 @@ def _failure(exc: BaseException) -> ReplayStoreUnavailable:
 Command = tuple[object, ...]
 # Past this much unsent data, a writer waits for the socket (Redis not reading fast enough).
 _WRITE_BUFFER_LIMIT = 1 << 20
+# One command in RESP. hiredis's stub types the argument as a one-element tuple; it takes any length.
+_pack: Callable[[Command], bytes] = hiredis.pack_command  # type: ignore[assignment]
 # What the reader asks the socket for at once.
 _READ_SIZE = 1 << 16
 # Error replies as redis-py types them (NOSCRIPT -> NoScriptError, READONLY -> ReadOnlyError...).
@@ -175,7 +177,8 @@ class DirectPipeline:
         pending = self._pending
         pending.append((future, len(commands), []))
         # The replies come back in the order the commands were queued, which is the order of ``pending``.
-        self._outbox += connection.pack_commands(commands)
+        # hiredis packs str, bytes and int arguments as redis-py does, without its per-argument encoder.
+        self._outbox += map(_pack, commands)
         if not self._flush_due:
             self._flush_due = True
             loop.call_soon(self._flush, connection)
