@@ -28,8 +28,18 @@ class ContextFilter(logging.Filter):
         caller = current_caller.get()
         if caller and not hasattr(record, "caller"):
             record.caller = caller
-        record.pid = os.getpid()
+        record.pid = _pid
         return True
+
+
+def _note_pid() -> None:
+    global _pid  # noqa: PLW0603 - one value per process, renewed in a forked child
+    _pid = os.getpid()
+
+
+# The process id, read once (a system call per log line otherwise) and again in a forked child.
+_pid = os.getpid()
+os.register_at_fork(after_in_child=_note_pid)
 
 
 class JsonFormatter(logging.Formatter):
