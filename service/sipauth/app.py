@@ -30,8 +30,9 @@ from .replay.fallback import FallbackReplayGuard
 from .replay.redis import RedisEndpoint, RedisReplayGuard, connect
 from .server import SERVICE_NAME, AuthServicer, generic_handler
 from .server.client_identity import ClientIdentityInterceptor
+from .server.proxy_port import ProxyPort, start_proxy_port
 from .server.servicer import calls_in_flight
-from .server.tls import server_credentials
+from .server.tls import ReloadingContext, server_credentials
 
 __all__ = ["App", "RunningServer", "build_app", "serve", "server_options", "start_server"]
 
@@ -218,6 +219,8 @@ class RunningServer:
     #: The plaintext grpc.health.v1-only server of ``health_listen``, and its port.
     health_server: grpc.aio.Server | None = None
     health_port: int = 0
+    #: The proxies' lean port of ``proxy_listen``.
+    proxy: ProxyPort | None = None
 
     async def stop(self, grace: float) -> None:
         """Go NOT_SERVING, refuse new calls, let in-flight ones finish within ``grace``, release backends."""
@@ -226,6 +229,7 @@ class RunningServer:
             await self.monitor
         await self.health.enter_graceful_shutdown()
         self.servicer.drain()
+        proxy_stopping = asyncio.ensure_future(self.proxy.stop(grace)) if self.proxy is not None else None
         stopping = asyncio.ensure_future(self.server.stop(grace))
         # Calls in flight get the grace period; idle connections do not hold the shutdown to its end
         # (an Exchange client between calls is not reading: it meets the GOAWAY on its next call).
@@ -241,6 +245,8 @@ class RunningServer:
                 break
             await asyncio.wait((stopping,), timeout=0.05)
         await stopping
+        if proxy_stopping is not None:
+            await proxy_stopping
         if self.health_server is not None:
             # Stopped last, so that probes see NOT_SERVING while the main port drains.
             await self.health_server.stop(0)
@@ -294,6 +300,11 @@ async def start_server(settings: Settings, *, reuse_port: bool = False) -> Runni
     except ConfigError:
         await app.close()
         raise
+    try:
+        proxy = await _start_proxy_port(settings, servicer, reuse_port=reuse_port)
+    except ConfigError:
+        await app.close()
+        raise
     await server.start()
     if health_server is not None:
         await health_server.start()
@@ -306,9 +317,33 @@ async def start_server(settings: Settings, *, reuse_port: bool = False) -> Runni
             "realm": settings.default_realm,
             "tls": "none" if tls is None else "mutual" if tls.client_ca_file is not None else "server",
             "health_port": health_port or None,
+            "proxy_port": proxy.port if proxy is not None else None,
         },
     )
-    return RunningServer(server, bound, app, health, monitor, servicer, health_server, health_port)
+    return RunningServer(server, bound, app, health, monitor, servicer, health_server, health_port, proxy)
+
+
+async def _start_proxy_port(settings: Settings, servicer: AuthServicer, *, reuse_port: bool) -> ProxyPort | None:
+    """The lean port of ``proxy_listen`` (None when unset), with the main port's TLS and message limit."""
+    if settings.proxy_listen is None:
+        return None
+    host, port = parse_listen(settings.proxy_listen)
+    tls = settings.tls
+    context = None if tls is None else ReloadingContext.create(tls, ["h2"])
+    allowlist = None if tls is None else ClientAllowlist(tls.allowed_clients)
+    max_message = dict(server_options(settings, reuse_port=reuse_port))["grpc.max_receive_message_length"]
+    try:
+        return await start_proxy_port(
+            servicer,
+            host,
+            port,
+            max_message=max_message,
+            ssl_context=context,
+            allowlist=allowlist,
+            reuse_port=reuse_port,
+        )
+    except OSError as exc:
+        raise ConfigError(f"proxy_listen: cannot bind {settings.proxy_listen}: {exc.strerror}") from None
 
 
 def serve_metrics(settings: Settings, registry: CollectorRegistry | None = None) -> None:
@@ -336,6 +371,9 @@ async def serve(settings: Settings, *, worker: bool = False, ready_file: Path | 
     if not worker:
         # Tests and scripts read this line to learn the port when listen asks for port 0. Under the
         # supervisor, it prints the line itself once every worker serves (a worker's would come early).
+        if running.proxy is not None:
+            proxy_host, _ = parse_listen(settings.proxy_listen or "")
+            print(f"sipauth proxy port on {format_listen(proxy_host, running.proxy.port)}", flush=True)
         print(f"sipauth listening on {format_listen(host, running.port)}", flush=True)
     if ready_file is not None:
         ready_file.touch()  # noqa: ASYNC240 - once at start; tells the supervisor this worker serves

@@ -344,6 +344,9 @@ class Settings(_Strict):
     allow_plaintext: bool = False
     #: host:port of a second, plaintext port serving only grpc.health.v1 (for Kubernetes gRPC probes).
     health_listen: str | None = None
+    #: host:port of the proxies' port: the AuthService (Exchange, IssueChallenge, VerifyResponse) on a
+    #: lean HTTP/2 server, at a fraction of the main port's CPU per call; same TLS as ``listen``.
+    proxy_listen: str | None = None
 
     @field_validator("listen")
     @classmethod
@@ -351,9 +354,9 @@ class Settings(_Strict):
         parse_listen(value)
         return value
 
-    @field_validator("health_listen")
+    @field_validator("health_listen", "proxy_listen")
     @classmethod
-    def _health_listen(cls, value: str | None) -> str | None:
+    def _other_listen(cls, value: str | None) -> str | None:
         if value is not None:
             parse_listen(value)
         return value
@@ -368,6 +371,16 @@ class Settings(_Strict):
             )
         if self.health_listen is not None and port != 0 and parse_listen(self.health_listen) == (host, port):
             raise ValueError("health_listen: must differ from listen")
+        if self.proxy_listen is not None:
+            proxy_host, proxy_port = parse_listen(self.proxy_listen)
+            if self.tls is None and not self.allow_plaintext and not is_loopback(proxy_host):
+                raise ValueError(
+                    f"proxy_listen: {self.proxy_listen} is not a loopback address and no tls section is configured; "
+                    "configure tls or set allow_plaintext: true"
+                )
+            others = [(host, port)] + ([parse_listen(self.health_listen)] if self.health_listen else [])
+            if proxy_port != 0 and (proxy_host, proxy_port) in others:
+                raise ValueError("proxy_listen: must differ from listen and health_listen")
         return self
 
     @field_validator("default_realm")

@@ -98,7 +98,7 @@ class _Worker:
         log.info("worker started", extra={"worker": self.index, "worker_pid": self.proc.pid})
 
 
-def _reserve_port(host: str, port: int) -> tuple[socket.socket, int]:
+def _reserve_port(host: str, port: int, field: str = "listen") -> tuple[socket.socket, int]:
     """Bind (without listening) with SO_REUSEPORT, so port 0 becomes one port every worker shares."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -108,8 +108,18 @@ def _reserve_port(host: str, port: int) -> tuple[socket.socket, int]:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        raise ConfigError(f"listen: cannot bind {host}:{port}: {exc.strerror}") from None
+        raise ConfigError(f"{field}: cannot bind {host}:{port}: {exc.strerror}") from None
     return sock, int(sock.getsockname()[1])
+
+
+def _reserve_proxy_port(settings: Settings, env: dict[str, str]) -> socket.socket | None:
+    """Reserve ``proxy_listen`` like ``listen`` and pass the port to the workers; None when unset."""
+    if settings.proxy_listen is None:
+        return None
+    host, port = parse_listen(settings.proxy_listen)
+    reservation, port = _reserve_port(host, port, "proxy_listen")
+    env["SIPAUTH_PROXY_LISTEN"] = format_listen(host, port)
+    return reservation
 
 
 def _start_metrics(settings: Settings, directory: Path) -> None:
@@ -198,6 +208,7 @@ def run_supervisor(settings: Settings, config: Path | None, workers: int) -> int
     env = dict(os.environ)
     env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     env["SIPAUTH_LISTEN"] = format_listen(host, port)
+    proxy_reservation = _reserve_proxy_port(settings, env)
     if settings.nonce_keys_file is None:
         # Workers must verify each other's nonces: one random key for all of them.
         keys = runtime / "nonce-keys"
@@ -221,6 +232,8 @@ def run_supervisor(settings: Settings, config: Path | None, workers: int) -> int
         for worker in supervisor.pool:
             worker.start()
         _wait_ready(supervisor.pool, timeout=60)
+        if "SIPAUTH_PROXY_LISTEN" in env:
+            print(f"sipauth proxy port on {env['SIPAUTH_PROXY_LISTEN']}", flush=True)
         print(f"sipauth listening on {format_listen(host, port)}", flush=True)
         log.info("supervising", extra={"workers": workers, "listen": format_listen(host, port)})
         while True:
@@ -237,4 +250,6 @@ def run_supervisor(settings: Settings, config: Path | None, workers: int) -> int
             if worker.proc is not None and worker.proc.poll() is None:
                 worker.proc.kill()
         reservation.close()
+        if proxy_reservation is not None:
+            proxy_reservation.close()
         shutil.rmtree(runtime, ignore_errors=True)

@@ -1,7 +1,8 @@
 """The Exchange RPC: calls as messages on one stream, from grpcio's own client and from the lean blocking transport.
 
 The blocking client runs in a thread (``asyncio.to_thread``): the server under
-test shares the test's event loop.
+test shares the test's event loop. Each server test runs twice: against the
+main port (grpc.aio) and against the proxies' port (``proxy_listen``).
 """
 
 from __future__ import annotations
@@ -27,8 +28,32 @@ from tests.unit.hostile import HOSTILE
 URI = "sip:example.test"
 
 
+@pytest.fixture(params=["main", "proxy_port"])
+def port_kind(request: pytest.FixtureRequest) -> str:
+    """Which port the test calls: the main one, or the proxies' (proxy_listen)."""
+    kind: str = request.param
+    return kind
+
+
+def _ports(kind: str) -> dict[str, Any]:
+    """Settings overrides for ``kind``: the proxies' port on a free port, or nothing."""
+    return {"proxy_listen": "127.0.0.1:0"} if kind == "proxy_port" else {}
+
+
+@pytest.fixture
+async def server(server_factory: Callable[..., Any], port_kind: str) -> RunningServer:
+    """The example server, with the proxies' port when the test calls it."""
+    running: RunningServer = await server_factory(**_ports(port_kind))
+    return running
+
+
 def _target(server: RunningServer) -> str:
-    return f"127.0.0.1:{server.port}"
+    port = server.proxy.port if server.proxy is not None else server.port
+    return f"127.0.0.1:{port}"
+
+
+def _process_target(sipauth: SipauthProcess) -> str:
+    return sipauth.proxy_target if sipauth.proxy_port else sipauth.target
 
 
 def _exchange_client(target: str, **overrides: Any) -> SipauthClient:
@@ -167,9 +192,13 @@ async def test_hostile_headers_through_exchange_get_verdicts_or_invalid_argument
     assert outcomes[-1] == "VERDICT_ACCEPT"
 
 
-async def test_large_requests_and_answers_cross_frame_and_window_limits(server_factory: Callable[..., Any]) -> None:
+async def test_large_requests_and_answers_cross_frame_and_window_limits(
+    server_factory: Callable[..., Any], port_kind: str
+) -> None:
     """A 200 KB auth-int body (many DATA frames, past the 64 KB initial window) and 2 MB of answers on one stream."""
-    server: RunningServer = await server_factory(policy={"qop": ["auth-int", "auth"]}, max_body_bytes=262_144)
+    server: RunningServer = await server_factory(
+        policy={"qop": ["auth-int", "auth"]}, max_body_bytes=262_144, **_ports(port_kind)
+    )
     client = _exchange_client(_target(server))
     body = os.urandom(100_000).hex().encode()
 
@@ -244,24 +273,27 @@ def test_nothing_listening_is_unavailable_after_the_retries() -> None:
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
-async def test_server_restart_is_survived_by_the_next_call(server_factory: Callable[..., Any]) -> None:
+async def test_server_restart_is_survived_by_the_next_call(server_factory: Callable[..., Any], port_kind: str) -> None:
     """A server restarted on the same port (as in a rolling restart) costs the next call nothing.
 
     With no retry to spend, the call finds the old connection closed before sending, dials again and succeeds.
     """
-    first: RunningServer = await server_factory()
-    port = first.port
-    client = _exchange_client(f"127.0.0.1:{port}", retries=0)
+    first: RunningServer = await server_factory(**_ports(port_kind))
+    target = _target(first)
+    client = _exchange_client(target, retries=0)
     try:
         assert (await asyncio.to_thread(_login, client))[1].verdict == auth_pb2.VERDICT_ACCEPT
         await first.stop(grace=0.5)
-        await server_factory(listen=f"127.0.0.1:{port}")
+        again = {"listen": f"127.0.0.1:{first.port}"}
+        if first.proxy is not None:
+            again["proxy_listen"] = target
+        await server_factory(**again)
         assert (await asyncio.to_thread(_login, client))[1].verdict == auth_pb2.VERDICT_ACCEPT
     finally:
         client.close()
 
 
-async def test_a_server_without_exchange_is_called_unary(server: RunningServer) -> None:
+async def test_a_server_without_exchange_is_called_unary() -> None:
     """UNIMPLEMENTED for Exchange (an older server): the client switches to unary calls and logs in."""
     bare = grpc.aio.server()
     bare.add_generic_rpc_handlers(
@@ -291,11 +323,11 @@ async def test_a_server_without_exchange_is_called_unary(server: RunningServer) 
 
 
 def test_a_client_made_before_fork_serves_the_child_on_its_own_connection(
-    sipauth_process: Callable[..., SipauthProcess],
+    sipauth_process: Callable[..., SipauthProcess], port_kind: str
 ) -> None:
     """As Kamailio does: the client is made, used, then the process forks; the child logs in on a new connection."""
-    sipauth = sipauth_process({"default_realm": "example.test"})
-    client = _exchange_client(sipauth.target)
+    sipauth = sipauth_process({"default_realm": "example.test", **_ports(port_kind)})
+    client = _exchange_client(_process_target(sipauth))
     assert _login(client)[1].verdict == auth_pb2.VERDICT_ACCEPT
     read, write = os.pipe()
     pid = os.fork()
@@ -314,11 +346,11 @@ def test_a_client_made_before_fork_serves_the_child_on_its_own_connection(
 
 
 def test_a_draining_server_ends_its_exchange_streams_without_waiting_out_the_grace(
-    sipauth_process: Callable[..., SipauthProcess],
+    sipauth_process: Callable[..., SipauthProcess], port_kind: str
 ) -> None:
     """SIGTERM with a proxy's stream open: the stream ends at once, the process exits 0 well inside its 10 s grace."""
-    sipauth = sipauth_process({"default_realm": "example.test", "shutdown_grace_seconds": 10})
-    client = _exchange_client(sipauth.target)
+    sipauth = sipauth_process({"default_realm": "example.test", "shutdown_grace_seconds": 10, **_ports(port_kind)})
+    client = _exchange_client(_process_target(sipauth))
     assert _login(client)[1].verdict == auth_pb2.VERDICT_ACCEPT
     started = time.monotonic()
     assert sipauth.stop() == 0

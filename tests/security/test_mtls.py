@@ -112,15 +112,27 @@ async def refusal(target: str, tls: TlsConfig) -> grpc.StatusCode:
     return code
 
 
+@pytest.fixture(params=["main", "proxy_port"])
+def port_kind(request: pytest.FixtureRequest) -> str:
+    """Which port the test calls: the main one, or the proxies' (proxy_listen, same TLS)."""
+    kind: str = request.param
+    return kind
+
+
+def _ports(kind: str) -> dict[str, Any]:
+    return {"proxy_listen": "127.0.0.1:0"} if kind == "proxy_port" else {}
+
+
 @pytest.fixture
-async def mtls_server(pki: Pki, server_factory: Callable[..., Any]) -> RunningServer:
-    """An in-process sipauth with mutual TLS and the allowlist, on 127.0.0.1."""
-    running: RunningServer = await server_factory(tls=pki.settings())
+async def mtls_server(pki: Pki, server_factory: Callable[..., Any], port_kind: str) -> RunningServer:
+    """An in-process sipauth with mutual TLS and the allowlist, on 127.0.0.1 (and on the proxies' port)."""
+    running: RunningServer = await server_factory(tls=pki.settings(), **_ports(port_kind))
     return running
 
 
 def _target(server: RunningServer) -> str:
-    return f"127.0.0.1:{server.port}"
+    port = server.proxy.port if server.proxy is not None else server.port
+    return f"127.0.0.1:{port}"
 
 
 @pytest.mark.parametrize(
@@ -186,10 +198,10 @@ async def test_certificate_outside_the_allowlist_is_denied_on_every_rpc(pki: Pki
 
 
 async def test_empty_allowlist_admits_any_certificate_of_the_client_ca(
-    pki: Pki, server_factory: Callable[..., Any]
+    pki: Pki, server_factory: Callable[..., Any], port_kind: str
 ) -> None:
     """With no allowed_clients, every certificate the client CA signed may call, and no other."""
-    server: RunningServer = await server_factory(tls=pki.settings(allowed_clients=[]))
+    server: RunningServer = await server_factory(tls=pki.settings(allowed_clients=[]), **_ports(port_kind))
     anyone = pki.tls("anyone", dns=["whatever.example.net"])
     assert (await login_over_new_channel(_target(server), anyone)).verdict == auth_pb2.VERDICT_ACCEPT
     assert await refusal(_target(server), pki.tls("forged", ca=trustme.CA())) == grpc.StatusCode.UNAVAILABLE

@@ -18,6 +18,8 @@ __all__ = ["EXAMPLES", "SipauthProcess"]
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 _READY = re.compile(r"sipauth listening on \S+:(\d+)")
+# Printed before the listening line when proxy_listen is set.
+_PROXY = re.compile(r"sipauth proxy port on \S+:(\d+)")
 
 
 class SipauthProcess:
@@ -29,6 +31,8 @@ class SipauthProcess:
         self.env = env or {}
         self.proc: subprocess.Popen[str] | None = None
         self.port = 0
+        #: The proxies' port (proxy_listen), once started; 0 when not configured.
+        self.proxy_port = 0
         self.output: list[str] = []
         self._reader: threading.Thread | None = None
 
@@ -36,6 +40,11 @@ class SipauthProcess:
     def target(self) -> str:
         """host:port to dial."""
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def proxy_target(self) -> str:
+        """host:port of the proxies' port (proxy_listen)."""
+        return f"127.0.0.1:{self.proxy_port}"
 
     def start(self, timeout: float = 20.0) -> SipauthProcess:
         """Start and wait for the 'listening' line."""
@@ -60,6 +69,9 @@ class SipauthProcess:
                 self.output.append(line)
                 # Workers share the pipe: a line may be interleaved with another process's output.
                 # The first line of this start counts (a restart may follow an earlier start).
+                proxy = _PROXY.match(line)
+                if proxy and not ready.is_set():
+                    self.proxy_port = int(proxy[1])
                 match = _READY.match(line)
                 if match and not ready.is_set():
                     self.port = int(match[1])

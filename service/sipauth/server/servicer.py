@@ -37,7 +37,7 @@ from ..metrics import INFLIGHT, REQUEST_LATENCY, REQUESTS
 from . import audit
 from .caller import current_request_id
 
-__all__ = ["SERVICE_NAME", "AuthServicer", "generic_handler"]
+__all__ = ["EXCHANGE_IN_FLIGHT", "SERVICE_NAME", "AuthServicer", "generic_handler", "request_id_from"]
 
 SERVICE_NAME = auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name
 log = logging.getLogger("sipauth.server")
@@ -256,7 +256,7 @@ class AuthServicer:
 
         async def answer(message: auth_pb2.ExchangeRequest, request_id: str) -> None:
             try:
-                response = await self._exchange_one(message, request_id)
+                response = await self.exchange_one(message, request_id)
                 async with writing:
                     await context.write(response)
             finally:
@@ -299,7 +299,17 @@ class AuthServicer:
             for task in tasks:
                 task.cancel()
 
-    async def _exchange_one(self, message: auth_pb2.ExchangeRequest, request_id: str) -> auth_pb2.ExchangeResponse:
+    async def unary_one(
+        self, rpc: str, request: Message, request_id: str
+    ) -> tuple[Message | None, grpc.StatusCode, str]:
+        """One IssueChallenge or VerifyResponse outside grpc.aio: (response, OK, "") or (None, code, details)."""
+        if isinstance(request, auth_pb2.VerifyResponseRequest):
+            return await _observed(rpc, request_id, *self._verify_call(request))
+        assert isinstance(request, auth_pb2.IssueChallengeRequest)
+        return await _observed(rpc, request_id, self._challenge_call(request))
+
+    async def exchange_one(self, message: auth_pb2.ExchangeRequest, request_id: str) -> auth_pb2.ExchangeResponse:
+        """The answer to one Exchange message: its call's response, or its call's error."""
         out = auth_pb2.ExchangeResponse(id=message.id, request_id=request_id)
         which = message.WhichOneof("call")
         answer: Message | None = None
@@ -328,8 +338,15 @@ async def _undecodable() -> tuple[Any, Labels]:
 def _request_id(context: grpc.aio.ServicerContext) -> str:
     """The caller's x-request-id when it is sane, else a new one."""
     for key, value in context.invocation_metadata() or ():
-        if key == "x-request-id" and isinstance(value, str) and 0 < len(value) <= 128 and value.isprintable():
-            return value
+        if key == "x-request-id" and isinstance(value, str):
+            return request_id_from(value)
+    return request_id_from("")
+
+
+def request_id_from(value: str) -> str:
+    """``value`` (a caller's x-request-id) when it is sane, else a new request id."""
+    if 0 < len(value) <= 128 and value.isprintable():
+        return value
     return os.urandom(8).hex()
 
 

@@ -19,12 +19,13 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import grpc
 
 from ..config import ConfigError, TlsSettings
 
-__all__ = ["CertificateFiles", "server_credentials"]
+__all__ = ["CertificateFiles", "ReloadingContext", "server_credentials"]
 
 log = logging.getLogger("sipauth.tls")
 
@@ -96,41 +97,39 @@ class CertificateFiles:
                 reason = getattr(exc, "reason", None) or "no PEM certificate found"
                 raise _Unusable(f"tls.client_ca_file: not PEM CA certificates ({reason})") from None
 
-    def _read(self) -> tuple[_Signature, grpc.ServerCertificateConfiguration]:
+    def _read(self) -> tuple[_Signature, list[bytes]]:
         before = self._signature()
         contents = self._contents()
         self._check(contents)
         # OpenSSL read the files by name: make sure they are still the bytes we hold.
         if self._signature() != before or self._contents() != contents:
             raise _InFlux
-        cert, key = contents[0], contents[1]
-        client_ca = contents[2] if len(contents) > 2 else None
-        return before, grpc.ssl_server_certificate_configuration([(key, cert)], root_certificates=client_ca)
+        return before, contents
 
-    def load(self) -> grpc.ServerCertificateConfiguration:
-        """The configuration at start; ConfigError (naming the field) when the files are not usable."""
+    def load(self) -> list[bytes]:
+        """The files' contents at start (certificate, key, client CA); ConfigError naming the field when unusable."""
         with self._lock:
             for _ in range(3):
                 try:
-                    self._current, config = self._read()
+                    self._current, contents = self._read()
                 except _Unusable as exc:
                     raise ConfigError(str(exc)) from None
                 except _InFlux:
                     time.sleep(0.1)
                     continue
                 self._next_check = self._clock() + self._settings.reload_interval_seconds
-                return config
+                return contents
         raise ConfigError("tls: the certificate files keep changing while they are read")
 
-    def fetch(self) -> grpc.ServerCertificateConfiguration | None:
-        """A new configuration if the files changed into a usable set, else None (keep the current one)."""
+    def fetch(self) -> list[bytes] | None:
+        """The new contents if the files changed into a usable set, else None (keep the current ones)."""
         try:
             return self._fetch()
         except Exception:  # a raise here would fail the handshake; keep serving with what we have
             log.exception("checking the TLS files failed; keeping the current certificate")
             return None
 
-    def _fetch(self) -> grpc.ServerCertificateConfiguration | None:
+    def _fetch(self) -> list[bytes] | None:
         with self._lock:
             now = self._clock()
             if now < self._next_check:
@@ -144,7 +143,7 @@ class CertificateFiles:
             if signature in (self._current, self._rejected):
                 return None
             try:
-                signature, config = self._read()
+                signature, contents = self._read()
             except _InFlux:
                 return None
             except _Unusable as exc:
@@ -152,7 +151,7 @@ class CertificateFiles:
                 return None
             self._current, self._rejected = signature, None
             log.info("TLS certificate files reloaded", extra={"files": [str(path) for _, path in self._fields]})
-            return config
+            return contents
 
     def _reject(self, marker: object, reason: str) -> None:
         """Log a bad file set once; it is not read again until the files change."""
@@ -161,10 +160,74 @@ class CertificateFiles:
         self._rejected = marker
 
 
+def _grpc_configuration(contents: list[bytes]) -> grpc.ServerCertificateConfiguration:
+    cert, key = contents[0], contents[1]
+    client_ca = contents[2] if len(contents) > 2 else None
+    return grpc.ssl_server_certificate_configuration([(key, cert)], root_certificates=client_ca)
+
+
 def server_credentials(settings: TlsSettings) -> grpc.ServerCredentials:
     """Credentials for ``add_secure_port`` that reload the files; client certificates required with a client CA."""
     files = CertificateFiles(settings)
-    initial = files.load()
+    initial = _grpc_configuration(files.load())
+
+    def fetch() -> grpc.ServerCertificateConfiguration | None:
+        contents = files.fetch()
+        return None if contents is None else _grpc_configuration(contents)
+
     return grpc.dynamic_ssl_server_credentials(
-        initial, files.fetch, require_client_authentication=settings.client_ca_file is not None
+        initial, fetch, require_client_authentication=settings.client_ca_file is not None
     )
+
+
+def _ssl_context(settings: TlsSettings, contents: list[bytes], alpn: list[str]) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_alpn_protocols(alpn)
+    # load_cert_chain reads files only: these are the ones CertificateFiles has just checked.
+    context.load_cert_chain(settings.cert_file, settings.key_file, password=_no_password)
+    if len(contents) > 2:
+        context.load_verify_locations(cadata=contents[2].decode("ascii"))
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+class ReloadingContext(ssl.SSLContext):
+    """A server SSLContext whose every new connection uses the files as they are now.
+
+    asyncio (and uvloop) set up each accepted TLS connection with
+    ``wrap_bio``; here that asks :class:`CertificateFiles` (at most once per
+    ``reload_interval_seconds``) whether the files changed into a usable set,
+    and hands the connection to a context built from the newest one.
+    """
+
+    _files: CertificateFiles
+    _tls: TlsSettings
+    _alpn: list[str]
+    _current: ssl.SSLContext
+
+    @classmethod
+    def create(cls, settings: TlsSettings, alpn: list[str]) -> ReloadingContext:
+        """A context serving ``settings``' files (ConfigError when they are not usable at start)."""
+        files = CertificateFiles(settings)
+        contents = files.load()
+        context = cls(ssl.PROTOCOL_TLS_SERVER)
+        context._files, context._tls, context._alpn = files, settings, alpn
+        context._current = _ssl_context(settings, contents, alpn)
+        # What asyncio reads from the context itself (verify mode: whether client certificates are required).
+        context.verify_mode = context._current.verify_mode
+        return context
+
+    def wrap_bio(self, *args: Any, **kwargs: Any) -> ssl.SSLObject:
+        """The TLS state of a new connection, from the newest usable files."""
+        contents = self._files.fetch()
+        if contents is not None:
+            try:
+                self._current = _ssl_context(self._tls, contents, self._alpn)
+            except (ssl.SSLError, OSError, ValueError) as exc:
+                # The files changed again between the check and this read: the next handshake looks again.
+                reason = getattr(exc, "reason", None) or type(exc).__name__
+                log.error(  # noqa: TRY400 - an OpenSSL reason says it all; never the files' contents
+                    "new TLS files are not usable; keeping the current certificate", extra={"reason": reason}
+                )
+        return self._current.wrap_bio(*args, **kwargs)
