@@ -3,7 +3,8 @@
 (a) Kamailio's own auth (auth + htable, same users); (b) Kamailio calling an
 empty gRPC handler once per REGISTER, two per exchange (the offload floor);
 (c) Kamailio with sipauth through clients/kamailio as shipped (challenge pool
-on: one call per exchange). Each run: a short calibration, then SIPp at a rate
+on: one call per exchange), sipauth with a worker per CPU and Kamailio
+calling its proxies' port (``proxy_listen``). Each run: a short calibration, then SIPp at a rate
 above what the proxy can take, with a bound on calls in flight, so it runs
 as fast as the proxy answers. Rates, and CPU per exchange from /proc.
 """
@@ -111,6 +112,7 @@ def run_sip(bench) -> dict:  # noqa: PLR0915 - (a), (b), (c) one after the other
     """(a), (b), (c); each summary is per 401 -> 200 exchange."""
     from bench.run import USERS, _sipauth_settings
     from tests.support.kamailio import KAMAILIO_SITE_PACKAGES, Kamailio
+    from tests.support.procs import free_port
     from tests.support.redis_server import RedisServer
     from tests.support.slapd import LdapUser, start_slapd
 
@@ -151,17 +153,20 @@ def run_sip(bench) -> dict:  # noqa: PLR0915 - (a), (b), (c) one after the other
     finally:
         empty.stop()
 
-    # (c) sipauth in its production shape, Kamailio with clients/kamailio as shipped.
+    # (c) sipauth in its production shape (a worker per CPU, the proxies' port), Kamailio with
+    # clients/kamailio as shipped, calling that port.
     redis = RedisServer(work / "redis").start()
     slapd = start_slapd(work / "ldap", [LdapUser(name, password) for name, password in USERS])
     settings = _sipauth_settings(bench, redis.url, slapd.sipauth_settings("openldap"))
     settings["policy"]["algorithms"] = ["MD5"]  # SIPp 3.6.1 answers MD5 only
-    sipauth = start_sipauth(work, settings, workers=1, name="sipauth-sip")
+    proxy_target = f"127.0.0.1:{free_port()}"
+    settings["proxy_listen"] = proxy_target
+    sipauth = start_sipauth(work, settings, workers=0, name="sipauth-sip")
     try:
         for batch, label in (("32", "(c) sipauth, challenge pool (1 call)"), ("0", "(c0) sipauth, no pool (2 calls)")):
             kamailio = Kamailio(
                 work / f"sipauth-{batch}",
-                sipauth.target,
+                proxy_target,
                 env={"KAMAILIO_SIPAUTH_CHALLENGE_BATCH": batch},
                 options=KAMAILIO_OPTIONS,
             )

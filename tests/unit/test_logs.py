@@ -81,3 +81,58 @@ def test_a_rotated_file_is_reopened(tmp_path: Path) -> None:
     handler.close()
     assert json.loads(path.read_text())["message"] == "second"
     assert json.loads((tmp_path / "audit.log.1").read_text())["message"] == "first"
+
+
+def test_audit_lines_rendered_directly_equal_those_logging_makes() -> None:
+    """The audit fast path writes the very line logging would (same fields, order, escaping), only cheaper."""
+    from sipauth.authenticator import Decision, Verdict, VerifyRequest
+    from sipauth.digest import Algorithm
+    from sipauth.logs import ContextFilter, fast_lines
+    from sipauth.server import audit
+
+    stream = io.StringIO()
+    handler = TurnBuffered(stream)
+    handler.setFormatter(JsonFormatter())
+    handler.addFilter(ContextFilter())
+    log = logging.getLogger(audit.AUDIT_LOGGER)
+    saved = log.handlers[:], log.propagate, log.level
+    log.handlers[:], log.propagate = [handler], False
+    log.setLevel(logging.INFO)
+    request = VerifyRequest(method="REGISTER", request_uri="sip:example.test", source_ip="192.0.2.7")
+    decision = Decision(
+        verdict=Verdict.REJECT,
+        reason="bad_credentials",
+        realm="example.test",
+        algorithm=Algorithm.SHA_256,
+        claimed_user='J\u00e4s\u00f8n "the" \\ user',
+        detail="wrong_password",
+    )
+    try:
+        assert fast_lines(log) is not None
+        audit.record_decision(request, decision, 0.0123)  # no event loop: through logging
+
+        async def in_loop() -> None:
+            audit.record_decision(request, decision, 0.0123)  # in the loop: rendered directly
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+
+        asyncio.run(in_loop())
+    finally:
+        log.handlers[:], log.propagate = saved[0], saved[1]
+        log.setLevel(saved[2])
+    through_logging, direct = (json.loads(line) for line in stream.getvalue().splitlines())
+    assert list(through_logging) == list(direct)
+    through_logging.pop("time"), direct.pop("time")
+    assert through_logging == direct
+    assert direct["user"] == 'J\u00e4s\u00f8n "the" \\ user'
+
+
+def test_a_foreign_handler_gets_records() -> None:
+    """A handler that is not sipauth's (a test's capture, a site's own setup) gets real records, not lines."""
+    from sipauth.logs import fast_lines
+
+    log = logging.getLogger("sipauth.test.foreign")
+    log.handlers[:] = [logging.StreamHandler(io.StringIO())]
+    log.propagate = False
+    log.setLevel(logging.INFO)
+    assert fast_lines(log) is None
