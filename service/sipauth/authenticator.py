@@ -6,7 +6,6 @@ servicer translates; tests and other front ends call this directly.
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 import hashlib
 import hmac
@@ -256,7 +255,14 @@ class Authenticator:
             self._challenge(policy, request.kind, "", "", algorithms, stale=False).header_values
             for _ in range(request.count - 1)
         )
-        return dataclasses.replace(challenge, additional=more, poolable=True)
+        return Challenge(
+            challenge.status_code,
+            challenge.header_name,
+            challenge.header_values,
+            challenge.nonce_ttl_seconds,
+            more,
+            True,
+        )
 
     def _challenge(
         self,

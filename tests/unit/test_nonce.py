@@ -112,3 +112,43 @@ def test_key_ids_do_not_reveal_the_key() -> None:
     keyring = NonceKeyring([KEY_A])
     assert KEY_A.hex()[:8] not in keyring.key_ids[0]
     assert len(keyring.key_ids[0]) == 8
+
+
+@given(st.binary(min_size=32, max_size=80), st.binary(max_size=64), st.text(max_size=20), st.text(max_size=20))
+@settings(max_examples=200)
+def test_the_mac_is_rfc_2104_hmac_sha256(secret: bytes, header: bytes, realm: str, source_ip: str) -> None:
+    """The precomputed-pad MAC equals hmac.new's HMAC-SHA256 (truncated) for any key, header and binding."""
+    import hashlib
+    import hmac
+
+    from sipauth.nonce import _derive
+
+    ring = NonceKeyring([secret])
+    binding = NonceBinding(realm, source_ip)
+    mac_key = hmac.new(secret, b"sipauth nonce mac v1", hashlib.sha256).digest()
+    expected = hmac.new(mac_key, header + binding.encode(), hashlib.sha256).digest()[:16]
+    assert ring._mac(_derive(secret), header, binding) == expected
+
+
+def test_random_bytes_are_never_handed_out_twice_even_across_fork() -> None:
+    """The buffered random source gives distinct slices, and a forked child does not repeat the parent's."""
+    import os
+
+    from sipauth.nonce import _RandomPool
+
+    pool = _RandomPool()
+    first = [pool.take(12) for _ in range(1000)]
+    assert len(set(first)) == 1000
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.write(write, b"".join(pool.take(12) for _ in range(10)))
+        finally:
+            os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    child = os.read(read, 120)
+    parent = b"".join(pool.take(12) for _ in range(10))
+    assert len(child) == 120
+    assert child != parent
