@@ -72,7 +72,7 @@ def test_every_bind_mounted_file_exists() -> None:
 
 
 def test_kamailio_runs_the_recipe_from_clients_kamailio() -> None:
-    """Kamailio mounts the clients/kamailio recipe where kamailio.cfg looks for it, and calls sipauth."""
+    """Kamailio mounts the clients/kamailio recipe where kamailio.cfg expects it and calls sipauth's proxies' port."""
     kamailio = _service("kamailio")
     mounts = {}
     for volume in kamailio["volumes"]:
@@ -90,7 +90,10 @@ def test_kamailio_runs_the_recipe_from_clients_kamailio() -> None:
             assert line.split('"')[1] in dockerfile
     host, port = kamailio["environment"]["KAMAILIO_SIPAUTH_TARGET"].rsplit(":", 1)
     assert host == "sipauth"
-    assert int(port) == parse_listen(load_settings(SETTINGS, environ={}).listen)[1]
+    proxy_listen = load_settings(SETTINGS, environ={}).proxy_listen
+    assert proxy_listen is not None  # Kamailio calls the proxies' port
+    assert int(port) == parse_listen(proxy_listen)[1]
+    assert f"127.0.0.1:{port}:{port}" in _service("sipauth")["ports"]
 
 
 def test_sipauth_settings_are_valid_and_point_at_the_compose_services() -> None:

@@ -385,14 +385,14 @@ def test_autoscaler_and_budget_target_the_deployment() -> None:
 
 
 def test_network_policy_opens_exactly_the_documented_ports() -> None:
-    """Ingress: 50051 from labelled proxy pods, 9464 from monitoring; egress: Redis, Sentinel, LDAP, DNS."""
+    """Ingress: 50051 and 50052 from labelled proxy pods, 9464 from monitoring; egress: Redis, Sentinel, LDAP, DNS."""
     policy = find(KUBERNETES, "NetworkPolicy")
     deployment = find(KUBERNETES, "Deployment", "sipauth")
     assert policy["spec"]["podSelector"] == deployment["spec"]["selector"]
     assert set(policy["spec"]["policyTypes"]) == {"Ingress", "Egress"}
     ingress = {tuple(p["port"] for p in rule["ports"]): rule["from"] for rule in policy["spec"]["ingress"]}
-    assert set(ingress) == {(50051,), (9464,)}
-    assert all("podSelector" in peer for peer in ingress[(50051,)])
+    assert set(ingress) == {(50051, 50052), (9464,)}
+    assert all("podSelector" in peer for peer in ingress[(50051, 50052)])
     assert ingress[(9464,)] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
     egress = {(p["port"], p["protocol"]) for rule in policy["spec"]["egress"] for p in rule["ports"]}
     expected = {(6379, "TCP"), (26379, "TCP"), (389, "TCP"), (636, "TCP"), (53, "UDP"), (53, "TCP")}
