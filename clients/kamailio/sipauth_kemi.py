@@ -49,6 +49,10 @@ _DEFAULTS = {
 }
 # REGISTER is answered by this registrar (401); everything else is proxied (407).
 _REGISTRAR_METHODS = frozenset({"REGISTER"})
+# The credentials header and its $hdrc spec, by proxy flag: built once, not per request.
+_CREDENTIALS = {
+    proxy: (name, f"$hdrc({name})") for proxy, name in ((False, "Authorization"), (True, "Proxy-Authorization"))
+}
 _INFO_AVP = "$avp(sipauth_info)"
 _USER_AVP = "$avp(sipauth_user)"
 
@@ -125,10 +129,14 @@ class SipauthRouting:
             return 1
         if KSR.sanity.sanity_check(1511, 7) < 0:
             return 1
-        if KSR.is_CANCEL():
+        method = KSR.kx.get_method()
+        # Kamailio matches method names case-insensitively (as KSR.is_CANCEL() and the like do):
+        # one call for the name instead of one per method test.
+        kind = method.upper()
+        if kind == "CANCEL":
             self._cancel()
             return 1
-        if KSR.is_ACK():
+        if kind == "ACK":
             self._ack()
             return 1
         # A retransmission of a request still being processed, or already answered: tm handles it.
@@ -138,9 +146,10 @@ class SipauthRouting:
         if KSR.tm.t_check_trans() == 0:
             return 1
         KSR.tm.t_newtran()
-        if not self._authorized():
+        register = kind == "REGISTER"
+        if not self._authorized(method, register):
             return 1
-        if KSR.is_REGISTER():
+        if register:
             self._register()
         else:
             self._relay()
@@ -164,13 +173,12 @@ class SipauthRouting:
 
     # -- steps ---------------------------------------------------------------
 
-    def _authorized(self) -> bool:
+    def _authorized(self, method: str, register: bool) -> bool:
         """Ask sipauth; on anything but acceptance, reply (statefully) and return False."""
-        method = KSR.kx.get_method()
         proxy = method not in _REGISTRAR_METHODS
-        header = "Proxy-Authorization" if proxy else "Authorization"
-        count = KSR.pv.get(f"$hdrc({header})") or 0
-        credentials = [KSR.pv.get(f"$(hdr({header})[{index}])") or "" for index in range(count)]
+        header, count_spec = _CREDENTIALS[proxy]
+        count = KSR.pv.get(count_spec) or 0
+        credentials = [KSR.pv.get(f"$(hdr({header})[{index}])") or "" for index in range(count)] if count else []
         body = KSR.kx.get_body() if KSR.kx.get_bodylen() > 0 else ""
         request = ProxyRequest(
             method=method,
@@ -197,7 +205,7 @@ class SipauthRouting:
         if decision.consumed is not None:
             self._strip(decision.consumed[0], decision.consumed[1], credentials)
         for name, value in decision.response_headers:
-            if KSR.is_REGISTER():
+            if register:
                 KSR.hdr.append_to_reply(f"{name}: {value}\r\n")
             else:
                 KSR.pv.sets(_INFO_AVP, f"{name}: {value}")

@@ -254,11 +254,12 @@ class _PerProcessExchange:
         """``name`` (an ExchangeRequest field) with ``request``; raises ExchangeCallError."""
         with self._lock:
             pid = os.getpid()
-            if self._connection is None or pid != self._pid:
+            connection = self._connection
+            if connection is None or pid != self._pid:
                 # A connection inherited across fork() belongs to the parent: dropped without closing.
-                self._connection = ExchangeConnection(self.target, self.options)
+                connection = self._connection = ExchangeConnection(self.target, self.options)
                 self._pid = pid
-            return self._connection.call(name, request, timeout)
+            return connection.call(name, request, timeout)
 
     def close(self) -> None:
         """Close this process's connection."""
@@ -288,18 +289,21 @@ class SipauthClient:
         return self._channel.target
 
     def _call(self, name: str, request: Any) -> Any:
-        delays = self.options.delays()
+        delays: Iterator[float] | None = None  # made on the first failure: most calls have none
         while True:
+            exchange = self._exchange
             try:
-                if self._exchange is not None:
-                    return self._exchange.call(_EXCHANGE_FIELDS[name], request, self.options.timeout)
+                if exchange is not None:
+                    return exchange.call(_EXCHANGE_FIELDS[name], request, self.options.timeout)
                 return getattr(self._channel.stub(), name)(request, timeout=self.options.timeout)
             except grpc.RpcError as exc:
-                if self._exchange is not None and exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+                if exchange is not None and exc.code() == grpc.StatusCode.UNIMPLEMENTED:
                     # A server that predates Exchange: the unary RPCs answer the same questions.
-                    self._exchange.close()
+                    exchange.close()
                     self._exchange = None
                     continue
+                if delays is None:
+                    delays = self.options.delays()
                 delay = next(delays, None) if _retryable(exc) else None
                 if delay is None:
                     raise

@@ -29,7 +29,7 @@ import socket
 import ssl
 import struct
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
@@ -47,7 +47,13 @@ __all__ = ["EXCHANGE_PATH", "ExchangeCallError", "ExchangeConnection"]
 EXCHANGE_PATH = "/sipauth.v1.AuthService/Exchange"
 
 _PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-_FRAME = struct.Struct(">I")  # length (24 bits) and type share the first word; see _frame()
+_UINT32 = struct.Struct(">I")
+# A frame header: length (24 bits) and type share the first word, then flags and stream id.
+_FRAME_HEADER = struct.Struct(">IBI")
+# A DATA frame's header followed by the gRPC message prefix (not compressed, length): a call's
+# whole message usually fits one frame, and then both are packed at once.
+_DATA_MESSAGE_HEADER = struct.Struct(">IBIBI")
+_GRPC_PREFIX = struct.Struct(">BI")
 # Frame types (RFC 9113 section 6).
 _DATA, _HEADERS, _PRIORITY, _RST_STREAM, _SETTINGS, _PUSH_PROMISE, _PING, _GOAWAY, _WINDOW_UPDATE, _CONTINUATION = (
     range(10)
@@ -67,6 +73,12 @@ _STREAM_ID_LIMIT = 2**31 - 1
 _REFUSED_STREAM, _CANCEL = 0x7, 0x8
 
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
+# ExchangeRequest is encoded here around the call's own serialized request (protobuf encoding:
+# a key is field number << 3 | wire type; 0 varint, 2 length-delimited), which spares building
+# and copying a second message per call.
+_EXCHANGE_REQUEST = auth_pb2.ExchangeRequest.DESCRIPTOR
+_ID_KEY = bytes([_EXCHANGE_REQUEST.fields_by_name["id"].number << 3])
+_CALL_KEYS = {field.name: bytes([field.number << 3 | 2]) for field in _EXCHANGE_REQUEST.oneofs_by_name["call"].fields}
 _HTTP_TO_GRPC = {
     400: grpc.StatusCode.INTERNAL,
     401: grpc.StatusCode.UNAUTHENTICATED,
@@ -109,7 +121,19 @@ def _unavailable(details: str) -> ExchangeCallError:
 
 
 def _frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
-    return _FRAME.pack(len(payload) << 8 | kind) + bytes([flags]) + _FRAME.pack(stream_id) + payload
+    return _FRAME_HEADER.pack(len(payload) << 8 | kind, flags, stream_id) + payload
+
+
+def _varint(value: int) -> bytes:
+    """``value`` (not negative) as a protobuf base-128 varint."""
+    if value < 0x80:
+        return bytes((value,))
+    out = bytearray()
+    while value >= 0x80:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
 
 
 def split_target(target: str) -> tuple[str, int]:
@@ -182,7 +206,7 @@ class ExchangeConnection:
         self._send(
             _PREFACE
             + _frame(_SETTINGS, 0, 0, settings)
-            + _frame(_WINDOW_UPDATE, 0, 0, _FRAME.pack(_OUR_WINDOW - _DEFAULT_WINDOW))
+            + _frame(_WINDOW_UPDATE, 0, 0, _UINT32.pack(_OUR_WINDOW - _DEFAULT_WINDOW))
         )
 
     def _set_io_timeout(self, seconds: float) -> None:
@@ -250,18 +274,15 @@ class ExchangeConnection:
         """Send ``request`` as the ``name`` call (``issue_challenge`` or ``verify_response``); its answer."""
         deadline = time.monotonic() + timeout
         call_id = self._next_call_id
-        self._next_call_id += 1
-        envelope = auth_pb2.ExchangeRequest(id=call_id)
-        getattr(envelope, name).CopyFrom(request)
-        body = envelope.SerializeToString()
-        message = b"\x00" + _FRAME.pack(len(body)) + body
+        self._next_call_id = call_id + 1
+        inner = request.SerializeToString()
+        body = b"".join((_ID_KEY, _varint(call_id), _CALL_KEYS[name], _varint(len(inner)), inner))
         try:
-            self._deliver(message, deadline, timeout)
-            while True:
-                answer = self._read_message(deadline)
-                if answer.id == call_id:
-                    break
+            self._deliver(body, deadline, timeout)
+            answer = self._read_message(deadline)
+            while answer.id != call_id:
                 # The answer to a call given up earlier on this connection: not ours.
+                answer = self._read_message(deadline)
             if self._goaway:
                 self.close()  # the server is going away: the next call dials again
         except _StreamEnded as ended:
@@ -286,15 +307,16 @@ class ExchangeConnection:
             raise ExchangeCallError(grpc.StatusCode.INTERNAL, f"the answer to {name} holds {result}")
         return getattr(answer, name)
 
-    def _deliver(self, message: bytes, deadline: float, timeout: float) -> None:
-        """Dial and open the stream when needed, then send ``message``.
+    def _deliver(self, body: bytes, deadline: float, timeout: float) -> None:
+        """Dial and open the stream when needed, then send ``body`` as one gRPC message.
 
         A connection found closed when sending (the server went away while
         this worker was idle, after its GOAWAY) is dialled again, once: the
         message did not leave, so sending it on a new connection is safe.
         """
         for attempt in (1, 2):
-            if self._sock is not None and not self._still_open():
+            # poll(0) first: reading what came while idle is rare, the check costs one syscall.
+            if self._sock is not None and self._poll is not None and self._poll.poll(0) and not self._still_open():
                 self.close()
             reused = self._sock is not None
             try:
@@ -304,7 +326,7 @@ class ExchangeConnection:
                     self._set_io_timeout(timeout)
                 if not self._stream:
                     self._open_stream()
-                self._send_message(message, deadline)
+                self._send_message(body, deadline)
             except (BrokenPipeError, ConnectionResetError):
                 if not reused or attempt == 2:
                     raise
@@ -313,16 +335,13 @@ class ExchangeConnection:
                 return
 
     def _still_open(self) -> bool:
-        """Take in what the server sent while this worker was idle; False if the connection is done.
+        """Take in what the server sent while this worker was idle (the socket is readable); False if done.
 
         A worker reads only while it waits for an answer: a GOAWAY (the server
         shutting down) or the connection's end can be waiting here, and is
         better found before sending than after.
         """
         assert self._sock is not None
-        assert self._poll is not None
-        if not self._poll.poll(0):
-            return True
         try:
             chunk = self._sock.recv(65_536)
         except (BlockingIOError, ssl.SSLWantReadError):
@@ -340,8 +359,19 @@ class ExchangeConnection:
             self._stream = 0  # a new stream, on this connection if it may carry one
         return not self._goaway
 
-    def _send_message(self, message: bytes, deadline: float) -> None:
-        view = memoryview(message)
+    def _send_message(self, body: bytes, deadline: float) -> None:
+        size = len(body) + 5
+        if (
+            self._ended is None
+            and size <= self._send_window
+            and size <= self._stream_send_window
+            and size <= self._peer_max_frame
+        ):
+            self._send_window -= size
+            self._stream_send_window -= size
+            self._send(_DATA_MESSAGE_HEADER.pack(size << 8 | _DATA, 0, self._stream, 0, len(body)) + body)
+            return
+        view = memoryview(_GRPC_PREFIX.pack(0, len(body)) + body)
         while view:
             if self._ended is not None:
                 raise _StreamEnded(self._ended)
@@ -371,7 +401,7 @@ class ExchangeConnection:
                 raise _StreamEnded(self._ended)
             self._process(self._receive(deadline))
 
-    def _receive(self, deadline: float) -> Iterator[tuple[int, int, int, bytearray]]:
+    def _receive(self, deadline: float) -> list[tuple[int, int, int, bytearray]]:
         """The complete frames in the buffer, reading from the socket first if there is none."""
         buffer = self._buffer
         while len(buffer) < 9 or len(buffer) < 9 + int.from_bytes(buffer[:3], "big"):
@@ -392,7 +422,7 @@ class ExchangeConnection:
             buffer += chunk
         return self._frames()
 
-    def _frames(self) -> Iterator[tuple[int, int, int, bytearray]]:
+    def _frames(self) -> list[tuple[int, int, int, bytearray]]:
         buffer = self._buffer
         frames = []
         start = 0
@@ -406,11 +436,11 @@ class ExchangeConnection:
             frames.append((kind, flags, stream, buffer[start + 9 : end]))  # the slice is the one copy
             start = end
         del buffer[:start]
-        return iter(frames)
+        return frames
 
     # -- what the server sends -------------------------------------------------
 
-    def _process(self, frames: Iterator[tuple[int, int, int, bytearray]]) -> None:
+    def _process(self, frames: Iterable[tuple[int, int, int, bytearray]]) -> None:
         """Act on each frame.
 
         The end of the current stream is recorded (``_ended``), not raised: frames
@@ -461,10 +491,10 @@ class ExchangeConnection:
             self._message += payload
         updates = b""
         if self._received >= _WINDOW_REFILL:
-            updates += _frame(_WINDOW_UPDATE, 0, 0, _FRAME.pack(self._received))
+            updates += _frame(_WINDOW_UPDATE, 0, 0, _UINT32.pack(self._received))
             self._received = 0
         if stream == self._stream and self._stream_received >= _WINDOW_REFILL:
-            updates += _frame(_WINDOW_UPDATE, 0, stream, _FRAME.pack(self._stream_received))
+            updates += _frame(_WINDOW_UPDATE, 0, stream, _UINT32.pack(self._stream_received))
             self._stream_received = 0
         if updates:
             self._send(updates)

@@ -125,23 +125,21 @@ class ProxyDecision:
         return self.action is Action.FORWARD
 
 
-def _values(authorization: str | Sequence[str] | None) -> list[str]:
-    if authorization is None:
-        return []
-    if isinstance(authorization, str):
-        return [authorization] if authorization.strip() else []
-    return [value for value in authorization if value.strip()]
-
-
 def select_credentials(authorization: str | Sequence[str] | None, realm: str) -> str:
     """The credentials value for ``realm`` among those a request carries ('' when none).
 
     A request can carry credentials for several realms (one per proxy on the
     path, RFC 3261 section 22.3); with no realm configured the first one is used.
     """
-    values = _values(authorization)
+    if not authorization:
+        return ""
+    values = (authorization,) if isinstance(authorization, str) else authorization
     if not realm:
-        return values[0] if values else ""
+        # Blank values are absent headers; the first real one is taken.
+        for value in values:
+            if value.strip():
+                return value
+        return ""
     for value in values:
         match = _REALM.search(value)
         if match is None:
