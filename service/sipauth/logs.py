@@ -8,6 +8,7 @@ import logging
 import logging.handlers
 import os
 import sys
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -99,6 +100,24 @@ class TurnBuffered(logging.StreamHandler):  # type: ignore[type-arg]
         super().__init__(*args, **kwargs)
         self._lines: list[str] = []
         self._flush_due = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread = 0
+
+    def running_loop(self) -> asyncio.AbstractEventLoop | None:
+        """The event loop running in this thread, if any.
+
+        asyncio.get_running_loop() makes a getpid() system call each time (Python 3.11): the
+        answer is kept with its thread, and a loop running in this thread is the one we are in.
+        """
+        loop = self._loop
+        if loop is not None and self._loop_thread == threading.get_ident() and loop.is_running():
+            return loop
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return None
+        self._loop, self._loop_thread = loop, threading.get_ident()
+        return loop
 
     def emit(self, record: logging.LogRecord) -> None:
         """Format ``record`` now; write it at the end of this turn of the loop (or now, outside it)."""
@@ -107,10 +126,7 @@ class TurnBuffered(logging.StreamHandler):  # type: ignore[type-arg]
         except Exception:  # logging's own contract: a bad record never breaks the caller
             self.handleError(record)
             return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            loop = None
+        loop = self.running_loop()
         with self.lock:  # type: ignore[union-attr]
             self._lines.append(line)
             if loop is not None:
@@ -120,9 +136,8 @@ class TurnBuffered(logging.StreamHandler):  # type: ignore[type-arg]
                 return
         self._write_lines(record)
 
-    def emit_line(self, line: str) -> None:
-        """Take a line already rendered (see :func:`fast_lines`) as :meth:`emit` takes a record."""
-        loop = asyncio.get_running_loop()  # only called from the event loop's thread
+    def emit_line(self, line: str, loop: asyncio.AbstractEventLoop) -> None:
+        """Take a line already rendered (see :func:`fast_lines`) in ``loop``, as :meth:`emit` takes a record."""
         with self.lock:  # type: ignore[union-attr]
             self._lines.append(line + self.terminator)
             if not self._flush_due:

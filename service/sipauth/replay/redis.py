@@ -147,6 +147,7 @@ class DirectPipeline:
         # Packed commands waiting for the end of this turn of the event loop, and whether a flush is due.
         self._outbox: list[bytes] = []
         self._flush_due = False
+        self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set by _dial, before any use
 
     async def run(self, commands: Sequence[Command]) -> list[Any]:
         """The replies to ``commands``; raises the first error reply, or the connection's failure."""
@@ -172,7 +173,7 @@ class DirectPipeline:
 
     async def _send(self, commands: Sequence[Command]) -> list[Any]:
         connection = self._connection or await self._dial()
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         future: asyncio.Future[list[Any]] = loop.create_future()
         pending = self._pending
         pending.append((future, len(commands), []))
@@ -215,7 +216,9 @@ class DirectPipeline:
                 await connection.connect()
                 self._pending = deque()
                 self._connection = connection
-                self._reader = asyncio.get_running_loop().create_task(self._read(connection, self._pending))
+                # Kept: asyncio.get_running_loop() makes a getpid() system call each time (Python 3.11).
+                self._loop = asyncio.get_running_loop()
+                self._reader = self._loop.create_task(self._read(connection, self._pending))
             return self._connection
 
     async def _read(self, connection: Any, pending: deque[tuple[asyncio.Future[list[Any]], int, list[Any]]]) -> None:

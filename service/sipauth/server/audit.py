@@ -9,7 +9,6 @@ Authorization header, a nonce, a password or an HA1. deploy/fail2ban reads it.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 
@@ -42,18 +41,14 @@ def _emit(fields: dict[str, object]) -> None:
     more than the rest of the line.
     """
     fast = logs.fast_lines(_log)
-    if fast is not None:
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            fast = None
-    if fast is None:
+    loop = fast[1][0].running_loop() if fast is not None else None
+    if fast is None or loop is None:
         _log.info("decision", extra=fields)
         return
     formatter, handlers = fast
     line = formatter.render(time.time(), AUDIT_LOGGER, "decision", fields)
     for handler in handlers:
-        handler.emit_line(line)
+        handler.emit_line(line, loop)
 
 
 def record_decision(request: VerifyRequest, decision: Decision, latency: float) -> None:

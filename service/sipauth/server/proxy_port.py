@@ -110,6 +110,8 @@ class _Connection(asyncio.Protocol):
         self._servicer = port.servicer
         self._h2 = h2.connection.H2Connection(_H2_CONFIG)
         self._transport: asyncio.Transport | None = None
+        # Looked up once: asyncio.get_running_loop() makes a getpid() system call each time (Python 3.11).
+        self._loop = asyncio.get_running_loop()
         self._streams: dict[int, _Stream] = {}
         self._in_flight = 0
         self._reading_paused = False
@@ -207,7 +209,7 @@ class _Connection(asyncio.Protocol):
             # Answered once the request's first message or its end arrives (or soon, if neither does):
             # a client still sending when the answer comes may report its own failed send instead of it.
             stream.refusal = refusal
-            asyncio.get_running_loop().call_later(_REFUSAL_DELAY, self._refuse_pending, stream)
+            self._loop.call_later(_REFUSAL_DELAY, self._refuse_pending, stream)
         elif refusal is not None:
             self._refuse(stream, *refusal)
         elif event.stream_ended:
@@ -304,7 +306,7 @@ class _Connection(asyncio.Protocol):
 
     def _start(self, stream: _Stream, work: Awaitable[None]) -> None:
         """Run one call's answer as its own task, in its own copy of the connection's context."""
-        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(
+        task: asyncio.Task[None] = self._loop.create_task(
             work,  # type: ignore[arg-type]
             context=self._context.copy(),
         )
@@ -408,7 +410,7 @@ class _Connection(asyncio.Protocol):
         """Answers finished in one turn of the event loop leave in one write at its end."""
         if not self._flush_due and not self._closed:
             self._flush_due = True
-            asyncio.get_running_loop().call_soon(self._flush)
+            self._loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         self._flush_due = False
