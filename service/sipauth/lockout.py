@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import functools
 import hashlib
 import ipaddress
 import logging
@@ -121,6 +122,12 @@ class LockoutStore(Protocol):
 
 def _user_hash(realm: str, username: str) -> str:
     return hashlib.sha256(f"{realm}\0{username}".encode("utf-8", "surrogatepass")).hexdigest()[:24]
+
+
+@functools.lru_cache(maxsize=4096)
+def _cached_scope_keys(realm: str, username: str, source_ip: str) -> tuple[tuple[str, str], ...]:
+    # A user calls from the same address again and again: its keys (a hash each) are made once.
+    return tuple(scope_keys(realm, username, source_ip).items())
 
 
 def scope_keys(realm: str, username: str, source_ip: str) -> dict[str, str]:
@@ -343,7 +350,7 @@ class Lockout:
     clock: Callable[[], float] = time.time
 
     def _scopes(self, realm: str, username: str, source_ip: str) -> list[Scope]:
-        keys = scope_keys(realm, username, source_ip)
+        keys = dict(_cached_scope_keys(realm, username, source_ip))
         scopes = []
         if "user_ip" in keys:
             scopes.append(Scope(keys["user_ip"], self.policy.threshold, "user_ip"))

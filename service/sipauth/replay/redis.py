@@ -149,12 +149,23 @@ class DirectPipeline:
         self._flush_due = False
         self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set by _dial, before any use
 
-    async def run(self, commands: Sequence[Command]) -> list[Any]:
-        """The replies to ``commands``; raises the first error reply, or the connection's failure."""
-        replies = await self._send(commands)
+    @property
+    def connected(self) -> bool:
+        """Whether a connection is up (a call needs no dialling)."""
+        return self._connection is not None
+
+    async def run(self, commands: Sequence[Command], bound: float | None = None) -> list[Any]:
+        """The replies to ``commands``; raises the first error reply, or the connection's failure.
+
+        ``bound`` (seconds) bounds each round trip (a timer on the call's own answer; the
+        caller's asyncio.timeout does the same at the cost of a task lookup and
+        two getpid system calls): past it the connection is dropped and the call
+        fails with TimeoutError, as when a caller gives up.
+        """
+        replies = await self._send(commands, bound)
         if any(isinstance(reply, redis.exceptions.NoScriptError) for reply in replies):
-            await self._load_script()
-            replies = await self._send(commands)
+            await self._load_script(bound)
+            replies = await self._send(commands, bound)
         for reply in replies:
             if isinstance(reply, Exception):
                 if str(reply).startswith(("READONLY", "MASTERDOWN")):
@@ -162,16 +173,16 @@ class DirectPipeline:
                 raise reply
         return replies
 
-    async def _load_script(self) -> None:
+    async def _load_script(self, bound: float | None) -> None:
         """SCRIPT LOAD on this connection, once for all the calls that met NOSCRIPT together."""
         if self._loading is None or self._loading.done():
-            self._loading = asyncio.ensure_future(self._send([("SCRIPT", "LOAD", self._script.script)]))
+            self._loading = asyncio.ensure_future(self._send([("SCRIPT", "LOAD", self._script.script)], bound))
         (reply,) = await asyncio.shield(self._loading)
         if isinstance(reply, Exception):
             raise reply
         self._script.sha = reply.decode() if isinstance(reply, bytes) else str(reply)
 
-    async def _send(self, commands: Sequence[Command]) -> list[Any]:
+    async def _send(self, commands: Sequence[Command], bound: float | None = None) -> list[Any]:
         connection = self._connection or await self._dial()
         loop = self._loop
         future: asyncio.Future[list[Any]] = loop.create_future()
@@ -183,6 +194,7 @@ class DirectPipeline:
         if not self._flush_due:
             self._flush_due = True
             loop.call_soon(self._flush, connection)
+        timer = None if bound is None else loop.call_later(bound, self._expire, future, pending)
         try:
             writer = connection._writer
             if writer.transport.get_write_buffer_size() > _WRITE_BUFFER_LIMIT:
@@ -197,6 +209,14 @@ class DirectPipeline:
             if pending is self._pending:
                 self._drop(redis.exceptions.TimeoutError("a call on the connection timed out"))
             raise
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+    def _expire(self, future: asyncio.Future[list[Any]], pending: object) -> None:
+        """A call's time is up: its answer is in doubt, and so is everything after it on the connection."""
+        if not future.done() and pending is self._pending:
+            self._drop(redis.exceptions.TimeoutError("a call on the connection timed out"))
 
     def _flush(self, connection: Any) -> None:
         """Write what this turn of the event loop queued, in one system call."""
@@ -328,15 +348,15 @@ class RedisReplayGuard:
         """Record the use; True if fresh, False if replayed."""
         ttl_ms = max(1, math.ceil(ttl * 1000))
         started = time.perf_counter()
+        direct = self._direct
         try:
-            async with asyncio.timeout(self._timeout), self._slots:
-                if self._direct is not None:
-                    command = ("EVALSHA", self._script.sha, 1, replay_key(replay_id), nc or 0, ttl_ms)
-                    result = (await self._direct.run([command]))[0]
-                elif self._wait_replicas:
-                    result = await self._consume_replicated(replay_key(replay_id), [nc or 0, ttl_ms])
-                else:
-                    result = await self._script(keys=[replay_key(replay_id)], args=[nc or 0, ttl_ms])
+            if direct is not None and direct.connected and not self._slots.locked():
+                # As in consume_reading: bounded by the pipeline's own timer.
+                command = ("EVALSHA", self._script.sha, 1, replay_key(replay_id), nc or 0, ttl_ms)
+                async with self._slots:
+                    result = (await direct.run([command], self._timeout))[0]
+            else:
+                result = await self._consume_bounded(replay_id, nc, ttl_ms)
         except (redis.exceptions.RedisError, OSError) as exc:
             # OSError covers TimeoutError, raised by asyncio.timeout.
             BACKEND_ERRORS.labels("redis", "consume").inc()
@@ -347,6 +367,15 @@ class RedisReplayGuard:
         finally:
             _CONSUME_LATENCY.observe(time.perf_counter() - started)
         return int(result) == 1
+
+    async def _consume_bounded(self, replay_id: str, nc: int | None, ttl_ms: int) -> Any:
+        async with asyncio.timeout(self._timeout), self._slots:
+            if self._direct is not None:
+                command = ("EVALSHA", self._script.sha, 1, replay_key(replay_id), nc or 0, ttl_ms)
+                return (await self._direct.run([command]))[0]
+            if self._wait_replicas:
+                return await self._consume_replicated(replay_key(replay_id), [nc or 0, ttl_ms])
+            return await self._script(keys=[replay_key(replay_id)], args=[nc or 0, ttl_ms])
 
     @property
     def pipelines_reads(self) -> bool:
@@ -370,9 +399,15 @@ class RedisReplayGuard:
         commands: list[Command] = [("HMGET", read, *fields) for read in keys]
         commands.append(("EVALSHA", self._script.sha, 1, replay_key(replay_id), nc or 0, ttl_ms))
         started = time.perf_counter()
+        direct = self._direct
         try:
-            async with asyncio.timeout(self._timeout), self._slots:
-                results = await self._direct.run(commands)
+            if direct.connected and not self._slots.locked():
+                # The common case: nothing to wait for but the answer, bounded by the pipeline's own timer.
+                async with self._slots:
+                    results = await direct.run(commands, self._timeout)
+            else:
+                async with asyncio.timeout(self._timeout), self._slots:
+                    results = await direct.run(commands)
         except (redis.exceptions.RedisError, OSError) as exc:
             BACKEND_ERRORS.labels("redis", "consume").inc()
             raise _failure(exc) from exc
