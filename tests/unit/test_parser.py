@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given, settings
@@ -143,3 +144,45 @@ def test_property_near_valid_headers(pairs: list[tuple[str, str]], sep: str) -> 
     if creds.qop is not None:
         assert creds.nc is not None
         assert creds.cnonce is not None
+
+
+_PIECES = st.sampled_from(
+    [
+        "a",
+        "nc",
+        "Realm",
+        "=",
+        '"',
+        '\\"',
+        "\\",
+        ",",
+        ", ",
+        " ",
+        "\t",
+        "x y",
+        "00000001",
+        "sip:a@b",
+        "\x01",
+        "é",
+        "",
+        '""',
+    ]
+)
+
+
+@given(st.lists(_PIECES, max_size=24).map("".join))
+@settings(max_examples=1500)
+def test_the_whole_list_fast_path_agrees_with_the_stepwise_parser(text: str) -> None:
+    """Parameters parsed in one findall() equal those parsed one at a time: same values or the same error."""
+    from sipauth.digest.parser import _CONTROL, DEFAULT_LIMITS, _split_params, _split_params_stepwise
+
+    def outcome(parse: Callable[[], dict[str, str]]) -> object:
+        try:
+            return parse()
+        except MalformedCredentials as exc:
+            return str(exc)
+
+    controls = _CONTROL.search(text) is not None
+    fast = outcome(lambda: _split_params(text, DEFAULT_LIMITS))
+    stepwise = outcome(lambda: _split_params_stepwise(text, DEFAULT_LIMITS, controls))
+    assert fast == stepwise

@@ -54,12 +54,16 @@ _TCHARS = r"[A-Za-z0-9\-.!%*_+`'~]+"
 # beyond RFC 3261's token ("/", ":", "@") because phones send bare URIs.
 # Runs of plain characters are taken whole and possessively (``++``, ``*+``): a quoted value costs
 # one step per run rather than per character, and an unterminated quote fails in linear time.
-_PARAM = re.compile(
-    r"[ \t]*(" + _TCHARS + r")[ \t]*=[ \t]*"
-    r"(?:\"((?:[^\"\\\x00-\x08\x0a-\x1f\x7f]++|\\[^\x0a\x0d])*+)\""
-    r"|([A-Za-z0-9\-.!%*_+`'~/:@]+))"
-    r"[ \t]*(,|$)"
+_PARAM_PATTERN = (
+    r"[ \t]*({group}" + _TCHARS + r")[ \t]*=[ \t]*"
+    r"(?:\"({group}(?:[^\"\\\x00-\x08\x0a-\x1f\x7f]++|\\[^\x0a\x0d])*+)\""
+    r"|({group}[A-Za-z0-9\-.!%*_+`'~/:@]+))"
+    r"[ \t]*({group},|$)"
 )
+_PARAM = re.compile(_PARAM_PATTERN.format(group=""))
+# The whole list at once, each parameter taken atomically (no backtracking into one): when it
+# matches, findall() hands every parameter over in one call; when not, the loop finds the fault.
+_PARAMS = re.compile("(?:" + _PARAM_PATTERN.format(group="?:") + ")++")
 _SCHEME = re.compile(r"[ \t]*Digest[ \t]+", re.IGNORECASE)
 _FOLD = re.compile(r"\r\n[ \t]+")
 _UNESCAPE = re.compile(r"\\(.)")
@@ -114,31 +118,46 @@ def _decode_ext_value(raw: str) -> str:
     return value
 
 
+def _add_param(params: dict[str, str], name: str, value: str, controls: bool, limits: Limits) -> None:
+    if name in params:
+        raise MalformedCredentials(f"duplicate digest parameter {name!r}")
+    if controls and _CONTROL.search(value):
+        # quoted-pair admits escaped control characters; nothing legitimate needs them,
+        # and echoing one (cnonce in Authentication-Info) would break the header.
+        raise MalformedCredentials(f"digest parameter {name!r} holds a control character")
+    if len(value) > limits.max_value_length:
+        raise MalformedCredentials(f"digest parameter {name!r} is longer than {limits.max_value_length}")
+    if len(params) >= limits.max_parameters:
+        raise MalformedCredentials(f"more than {limits.max_parameters} digest parameters")
+    params[name] = value
+
+
 def _split_params(text: str, limits: Limits) -> dict[str, str]:
     params: dict[str, str] = {}
-    pos = 0
-    end = len(text)
     # Values are pieces of the text (less quoting backslashes): without a control character in the
     # text, none can hold one, and the check per value is skipped.
     controls = _CONTROL.search(text) is not None
+    if _PARAMS.fullmatch(text):
+        found = _PARAM.findall(text)
+        if found and found[-1][3] != ",":
+            for name, quoted, bare, _sep in found:
+                # A bare value is never empty: an empty one is the quoted alternative.
+                _add_param(params, name.lower(), bare or _unquote(quoted), controls, limits)
+            return params
+    return _split_params_stepwise(text, limits, controls)
+
+
+def _split_params_stepwise(text: str, limits: Limits, controls: bool) -> dict[str, str]:
+    """One parameter at a time: the same result as the fast path, and where it fails, the offset."""
+    params: dict[str, str] = {}
+    pos = 0
+    end = len(text)
     while pos < end:
         match = _PARAM.match(text, pos)
         if match is None:
             raise MalformedCredentials(f"unparseable digest parameter at offset {pos}")
         name, quoted, bare, sep = match.groups()
-        name = name.lower()
-        value = _unquote(quoted) if quoted is not None else bare
-        if name in params:
-            raise MalformedCredentials(f"duplicate digest parameter {name!r}")
-        if controls and _CONTROL.search(value):
-            # quoted-pair admits escaped control characters; nothing legitimate needs them,
-            # and echoing one (cnonce in Authentication-Info) would break the header.
-            raise MalformedCredentials(f"digest parameter {name!r} holds a control character")
-        if len(value) > limits.max_value_length:
-            raise MalformedCredentials(f"digest parameter {name!r} is longer than {limits.max_value_length}")
-        if len(params) >= limits.max_parameters:
-            raise MalformedCredentials(f"more than {limits.max_parameters} digest parameters")
-        params[name] = value
+        _add_param(params, name.lower(), _unquote(quoted) if quoted is not None else bare, controls, limits)
         pos = match.end()
         if sep == "," and pos >= end:
             raise MalformedCredentials("trailing comma after the last digest parameter")
