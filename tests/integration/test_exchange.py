@@ -359,3 +359,13 @@ def test_a_draining_server_ends_its_exchange_streams_without_waiting_out_the_gra
         client.issue_challenge(method="REGISTER", request_uri=URI)
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE
     client.close()
+
+
+async def test_a_grpc_dns_name_works_as_the_target(server: RunningServer) -> None:
+    """``dns:///name:port``, the form grpcio takes (a headless Service), resolves for the Exchange transport too."""
+    port = _target(server).rsplit(":", 1)[1]
+    client = _exchange_client(f"dns:///localhost:{port}")
+    try:
+        assert (await asyncio.to_thread(_login, client))[1].verdict == auth_pb2.VERDICT_ACCEPT
+    finally:
+        client.close()

@@ -137,7 +137,16 @@ def _varint(value: int) -> bytes:
 
 
 def split_target(target: str) -> tuple[str, int]:
-    """``host:port`` or ``[v6]:port`` -> (host, port)."""
+    """``host:port``, ``[v6]:port``, or a gRPC name of them (``dns:///host:port``, ``ipv4:``...) -> (host, port).
+
+    A name with several addresses (a headless Service: one per replica) is resolved when the
+    connection is made, and the first address that answers is used: each worker process holds
+    its own connection, so a proxy's workers spread over the replicas as the resolver orders them.
+    """
+    for scheme in ("dns:///", "dns:", "ipv4:", "ipv6:"):
+        if target.startswith(scheme):
+            target = target[len(scheme) :]
+            break
     host, sep, port = target.rpartition(":")
     if not sep or not port.isdigit():
         raise ValueError(f"target must be host:port, not {target!r}")
