@@ -74,7 +74,7 @@ def setting(name: str) -> str:
 if setting("SIPAUTH_PYTHON_PATH"):
     site.addsitedir(setting("SIPAUTH_PYTHON_PATH"))
 
-from sipauth_client import ClientOptions, ProxyRequest, SipauthClient, TlsConfig  # noqa: E402
+from sipauth_client import ClientOptions, ProxyDecision, ProxyRequest, SipauthClient, TlsConfig  # noqa: E402
 
 
 def _tls() -> TlsConfig | None:
@@ -178,6 +178,14 @@ class SipauthRouting:
         proxy = method not in _REGISTRAR_METHODS
         header, count_spec = _CREDENTIALS[proxy]
         count = KSR.pv.get(count_spec) or 0
+        if not count:
+            # No credentials: the challenge comes from the pool when it holds one, and the request's
+            # other fields are not even read (every first request of every transaction takes this path).
+            pooled = self.client.pooled_challenge(realm=self.realm, proxy=proxy)
+            if pooled is not None:
+                KSR.dbg(f"sipauth: {method}: {pooled.status_code} from the pool\n")
+                self._reply(pooled)
+                return False
         credentials = [KSR.pv.get(f"$(hdr({header})[{index}])") or "" for index in range(count)] if count else []
         body = KSR.kx.get_body() if KSR.kx.get_bodylen() > 0 else ""
         request = ProxyRequest(
@@ -198,9 +206,7 @@ class SipauthRouting:
                 f"sipauth: {method} {request.call_id} from {request.source_ip}: {decision.status_code} "
                 f"{decision.verdict or 'fault'} {decision.reason}\n"
             )
-            for name, value in decision.headers:
-                KSR.hdr.append_to_reply(f"{name}: {value}\r\n")
-            KSR.tm.t_reply(decision.status_code, decision.reason_phrase)
+            self._reply(decision)
             return False
         if decision.consumed is not None:
             self._strip(decision.consumed[0], decision.consumed[1], credentials)
@@ -213,6 +219,13 @@ class SipauthRouting:
         if decision.username:
             KSR.pv.sets(_USER_AVP, decision.username)
         return True
+
+    @staticmethod
+    def _reply(decision: ProxyDecision) -> None:
+        """Answer the request (statefully) as ``decision`` says."""
+        for name, value in decision.headers:
+            KSR.hdr.append_to_reply(f"{name}: {value}\r\n")
+        KSR.tm.t_reply(decision.status_code, decision.reason_phrase)
 
     @staticmethod
     def _strip(header: str, consumed: str, values: list[str]) -> None:

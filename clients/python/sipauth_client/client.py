@@ -389,6 +389,19 @@ class SipauthClient:
             return failure_decision(exc.code(), retry_after=retry_after)
         return decision_for(request, response, credentials)
 
+    def pooled_challenge(self, *, realm: str = "", proxy: bool = False) -> ProxyDecision | None:
+        """The 401 (407 with ``proxy``) for a request without credentials, from challenges already pooled.
+
+        No call is made: None when the pool holds none for (realm, proxy) (empty,
+        off, or the realm does not allow pooling), and then :meth:`authorize`
+        decides. A proxy can try this first and skip gathering the request's
+        fields for the most common request of all.
+        """
+        if not self._pool.enabled:
+            return None
+        pooled = self._pool.ready(realm, proxy)
+        return None if pooled is None else challenge_decision(proxy, *pooled)
+
     def _fetch_batch(self, request: ProxyRequest) -> auth_pb2.IssueChallengeResponse:
         return self.issue_challenge(
             method=request.method,

@@ -80,6 +80,16 @@ class ChallengePool:
                 entries.append((good_until, response.header_name, tuple(extra.header_values)))
         return first
 
+    def ready(self, realm: str, proxy: bool) -> Pooled | None:
+        """A challenge the pool already holds for (realm, proxy), or None: nothing is fetched."""
+        self._own()
+        key = (realm, proxy)
+        now = self.clock()
+        with self._lock:
+            if self._not_poolable_until.get(key, 0.0) > now:
+                return None
+            return self._pop_fresh(key, now)
+
     def _pop_fresh(self, key: _Key, now: float) -> Pooled | None:
         entries = self._entries.get(key)
         while entries:

@@ -244,9 +244,10 @@ def decision_for(
     return _reply(500, verdict, response.reason or "unknown_verdict", [("Retry-After", "5")], fault=True)
 
 
-def challenge_decision(request: ProxyRequest, header_name: str, values: Sequence[str]) -> ProxyDecision:
-    """The 401/407 for a request without credentials, from a challenge kept in the client's pool."""
-    status = 407 if request.proxy else 401
+def challenge_decision(request: ProxyRequest | bool, header_name: str, values: Sequence[str]) -> ProxyDecision:
+    """The 401/407 for a request without credentials (or for ``proxy``), from a challenge kept in the client's pool."""
+    proxy = request if isinstance(request, bool) else request.proxy
+    status = 407 if proxy else 401
     return _reply(status, "REJECT", "credentials_missing", [(header_name, value) for value in values])
 
 

@@ -41,6 +41,29 @@ def test_batches_serve_requests_without_credentials_and_each_answers_once(
     assert len(calls) == 2
 
 
+def test_pooled_challenge_answers_from_the_pool_alone(sipauth_process: Callable[..., SipauthProcess]) -> None:
+    """pooled_challenge gives a pooled 401/407 without a call, None when the pool holds none; each nonce once."""
+    proc = sipauth_process({})
+    with SipauthClient(proc.target, timeout=5, retries=0, challenge_batch=3) as client:
+        assert client.pooled_challenge() is None  # nothing fetched yet: authorize does that
+        first = client.authorize(ProxyRequest(method="REGISTER", request_uri=URI))
+        pooled = [client.pooled_challenge(), client.pooled_challenge()]
+        assert client.pooled_challenge() is None  # the batch of 3 is used up
+        assert client.pooled_challenge(proxy=True) is None  # pooled per (realm, 401/407)
+        nonces = {parse_challenge(first.headers[0][1]).nonce}
+        for decision in pooled:
+            assert decision is not None
+            assert (decision.status_code, decision.reason, decision.forward) == (401, "credentials_missing", False)
+            challenge = parse_challenge(decision.headers[0][1])
+            nonces.add(challenge.nonce)
+            answer = answer_challenge(challenge, username="alice", password=USERS["alice"], method="REGISTER", uri=URI)
+            assert client.authorize(ProxyRequest(method="REGISTER", request_uri=URI, authorization=answer)).forward
+        assert len(nonces) == 3
+    with SipauthClient(proc.target, timeout=5, retries=0, challenge_batch=0) as unpooled:
+        unpooled.authorize(ProxyRequest(method="REGISTER", request_uri=URI))
+        assert unpooled.pooled_challenge() is None
+
+
 def test_bound_realm_is_not_pooled(sipauth_process: Callable[..., SipauthProcess]) -> None:
     """When nonces are bound to the source IP the server says so, and the client stops pooling for that realm."""
     proc = sipauth_process({"policy": {"bind_source_ip": True}})
