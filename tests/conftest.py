@@ -59,6 +59,24 @@ async def server_factory() -> AsyncIterator[Callable[..., Any]]:
         await server.stop(0)
 
 
+@pytest.fixture(params=["main", "proxy_port"])
+def port_kind(request: pytest.FixtureRequest) -> str:
+    """Which port a test calls: the main one (grpc.aio), or the proxies' (proxy_listen, same TLS)."""
+    kind: str = request.param
+    return kind
+
+
+def ports_for(kind: str) -> dict[str, Any]:
+    """Settings overrides for ``kind``: the proxies' port on a free port, or nothing."""
+    return {"proxy_listen": "127.0.0.1:0"} if kind == "proxy_port" else {}
+
+
+def target_of(server: RunningServer) -> str:
+    """host:port to call: the proxies' port when the server has one, else the main port."""
+    port = server.proxy.port if server.proxy is not None else server.port
+    return f"127.0.0.1:{port}"
+
+
 @pytest.fixture
 async def server(server_factory: Callable[..., Any]) -> RunningServer:
     """One in-process server on the example settings (memory replay guard, demo users)."""

@@ -21,6 +21,7 @@ import pytest
 from sipauth.app import RunningServer
 from sipauth_client import SipauthClient, auth_pb2
 from sipauth_client.exchange import EXCHANGE_PATH, ExchangeCallError
+from tests.conftest import ports_for, target_of
 from tests.support.answers import answer_for
 from tests.support.sipauth_process import SipauthProcess
 from tests.unit.hostile import HOSTILE
@@ -28,28 +29,11 @@ from tests.unit.hostile import HOSTILE
 URI = "sip:example.test"
 
 
-@pytest.fixture(params=["main", "proxy_port"])
-def port_kind(request: pytest.FixtureRequest) -> str:
-    """Which port the test calls: the main one, or the proxies' (proxy_listen)."""
-    kind: str = request.param
-    return kind
-
-
-def _ports(kind: str) -> dict[str, Any]:
-    """Settings overrides for ``kind``: the proxies' port on a free port, or nothing."""
-    return {"proxy_listen": "127.0.0.1:0"} if kind == "proxy_port" else {}
-
-
 @pytest.fixture
 async def server(server_factory: Callable[..., Any], port_kind: str) -> RunningServer:
     """The example server, with the proxies' port when the test calls it."""
-    running: RunningServer = await server_factory(**_ports(port_kind))
+    running: RunningServer = await server_factory(**ports_for(port_kind))
     return running
-
-
-def _target(server: RunningServer) -> str:
-    port = server.proxy.port if server.proxy is not None else server.port
-    return f"127.0.0.1:{port}"
 
 
 def _process_target(sipauth: SipauthProcess) -> str:
@@ -68,7 +52,7 @@ def _login(client: SipauthClient, *, password: str = "wonderland") -> tuple[str,
 
 async def test_blocking_exchange_client_logs_in_and_catches_the_replay(server: RunningServer) -> None:
     """Challenge, ACCEPT (identity, Authentication-Info), the same answer again STALE: all on one connection."""
-    client = _exchange_client(_target(server))
+    client = _exchange_client(target_of(server))
 
     def scenario() -> tuple[Any, ...]:
         authorization, accepted = _login(client)
@@ -93,7 +77,7 @@ async def test_blocking_exchange_client_logs_in_and_catches_the_replay(server: R
 
 async def test_a_failed_call_is_its_own_and_the_stream_goes_on(server: RunningServer) -> None:
     """INVALID_ARGUMENT for one call, as the unary RPC gives it; the next call on the same stream is answered."""
-    client = _exchange_client(_target(server))
+    client = _exchange_client(target_of(server))
 
     def scenario() -> tuple[grpc.StatusCode, str, auth_pb2.VerifyResponseResponse]:
         with pytest.raises(ExchangeCallError) as info:
@@ -111,7 +95,7 @@ async def test_a_failed_call_is_its_own_and_the_stream_goes_on(server: RunningSe
 
 async def test_grpcio_pipelined_stream_gets_every_id_answered_once(server: RunningServer) -> None:
     """grpcio's own client pipelines 60 calls on one stream: 60 answers, each id once, and a call-less request errs."""
-    async with grpc.aio.insecure_channel(_target(server)) as channel:
+    async with grpc.aio.insecure_channel(target_of(server)) as channel:
         exchange = channel.stream_stream(
             EXCHANGE_PATH,
             request_serializer=auth_pb2.ExchangeRequest.SerializeToString,
@@ -150,14 +134,14 @@ async def test_grpcio_pipelined_stream_gets_every_id_answered_once(server: Runni
 
 async def test_undecodable_message_ends_the_stream_with_invalid_argument(server: RunningServer) -> None:
     """Bytes that are not an ExchangeRequest end the stream (INVALID_ARGUMENT); the server goes on serving."""
-    async with grpc.aio.insecure_channel(_target(server)) as channel:
+    async with grpc.aio.insecure_channel(target_of(server)) as channel:
         raw = channel.stream_stream(EXCHANGE_PATH)
         call = raw(iter([b"\x0a\xff\xff\xff\xff\x0f"]), timeout=5)
         with pytest.raises(grpc.aio.AioRpcError) as info:
             async for _ in call:
                 pass
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    client = _exchange_client(_target(server))
+    client = _exchange_client(target_of(server))
     try:
         assert (await asyncio.to_thread(_login, client))[1].verdict == auth_pb2.VERDICT_ACCEPT
     finally:
@@ -166,7 +150,7 @@ async def test_undecodable_message_ends_the_stream_with_invalid_argument(server:
 
 async def test_hostile_headers_through_exchange_get_verdicts_or_invalid_argument(server: RunningServer) -> None:
     """Every hostile Authorization value gets a non-ACCEPT verdict or INVALID_ARGUMENT, on one stream that survives."""
-    client = _exchange_client(_target(server))
+    client = _exchange_client(target_of(server))
 
     def scenario() -> list[str]:
         outcomes = []
@@ -197,9 +181,9 @@ async def test_large_requests_and_answers_cross_frame_and_window_limits(
 ) -> None:
     """A 200 KB auth-int body (many DATA frames, past the 64 KB initial window) and 2 MB of answers on one stream."""
     server: RunningServer = await server_factory(
-        policy={"qop": ["auth-int", "auth"]}, max_body_bytes=262_144, **_ports(port_kind)
+        policy={"qop": ["auth-int", "auth"]}, max_body_bytes=262_144, **ports_for(port_kind)
     )
-    client = _exchange_client(_target(server))
+    client = _exchange_client(target_of(server))
     body = os.urandom(100_000).hex().encode()
 
     def scenario() -> tuple[auth_pb2.VerifyResponseResponse, int]:
@@ -278,8 +262,8 @@ async def test_server_restart_is_survived_by_the_next_call(server_factory: Calla
 
     With no retry to spend, the call finds the old connection closed before sending, dials again and succeeds.
     """
-    first: RunningServer = await server_factory(**_ports(port_kind))
-    target = _target(first)
+    first: RunningServer = await server_factory(**ports_for(port_kind))
+    target = target_of(first)
     client = _exchange_client(target, retries=0)
     try:
         assert (await asyncio.to_thread(_login, client))[1].verdict == auth_pb2.VERDICT_ACCEPT
@@ -326,7 +310,7 @@ def test_a_client_made_before_fork_serves_the_child_on_its_own_connection(
     sipauth_process: Callable[..., SipauthProcess], port_kind: str
 ) -> None:
     """As Kamailio does: the client is made, used, then the process forks; the child logs in on a new connection."""
-    sipauth = sipauth_process({"default_realm": "example.test", **_ports(port_kind)})
+    sipauth = sipauth_process({"default_realm": "example.test", **ports_for(port_kind)})
     client = _exchange_client(_process_target(sipauth))
     assert _login(client)[1].verdict == auth_pb2.VERDICT_ACCEPT
     read, write = os.pipe()
@@ -349,7 +333,7 @@ def test_a_draining_server_ends_its_exchange_streams_without_waiting_out_the_gra
     sipauth_process: Callable[..., SipauthProcess], port_kind: str
 ) -> None:
     """SIGTERM with a proxy's stream open: the stream ends at once, the process exits 0 well inside its 10 s grace."""
-    sipauth = sipauth_process({"default_realm": "example.test", "shutdown_grace_seconds": 10, **_ports(port_kind)})
+    sipauth = sipauth_process({"default_realm": "example.test", "shutdown_grace_seconds": 10, **ports_for(port_kind)})
     client = _exchange_client(_process_target(sipauth))
     assert _login(client)[1].verdict == auth_pb2.VERDICT_ACCEPT
     started = time.monotonic()
@@ -363,7 +347,7 @@ def test_a_draining_server_ends_its_exchange_streams_without_waiting_out_the_gra
 
 async def test_a_grpc_dns_name_works_as_the_target(server: RunningServer) -> None:
     """``dns:///name:port``, the form grpcio takes (a headless Service), resolves for the Exchange transport too."""
-    port = _target(server).rsplit(":", 1)[1]
+    port = target_of(server).rsplit(":", 1)[1]
     client = _exchange_client(f"dns:///localhost:{port}")
     try:
         assert (await asyncio.to_thread(_login, client))[1].verdict == auth_pb2.VERDICT_ACCEPT

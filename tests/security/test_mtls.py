@@ -22,7 +22,7 @@ from sipauth.config import ConfigError, TlsSettings, load_settings
 from sipauth.server.caller import current_caller
 from sipauth.server.tls import CertificateFiles
 from sipauth_client import AsyncSipauthClient, TlsConfig, auth_pb2
-from tests.conftest import example_settings
+from tests.conftest import example_settings, ports_for, target_of
 from tests.support.answers import answer_for
 from tests.support.pki import SERVER_NAME, ClientCert, issue_client, server_files, swap_secret, write_secret
 from tests.support.procs import free_port
@@ -112,27 +112,11 @@ async def refusal(target: str, tls: TlsConfig) -> grpc.StatusCode:
     return code
 
 
-@pytest.fixture(params=["main", "proxy_port"])
-def port_kind(request: pytest.FixtureRequest) -> str:
-    """Which port the test calls: the main one, or the proxies' (proxy_listen, same TLS)."""
-    kind: str = request.param
-    return kind
-
-
-def _ports(kind: str) -> dict[str, Any]:
-    return {"proxy_listen": "127.0.0.1:0"} if kind == "proxy_port" else {}
-
-
 @pytest.fixture
 async def mtls_server(pki: Pki, server_factory: Callable[..., Any], port_kind: str) -> RunningServer:
     """An in-process sipauth with mutual TLS and the allowlist, on 127.0.0.1 (and on the proxies' port)."""
-    running: RunningServer = await server_factory(tls=pki.settings(), **_ports(port_kind))
+    running: RunningServer = await server_factory(tls=pki.settings(), **ports_for(port_kind))
     return running
-
-
-def _target(server: RunningServer) -> str:
-    port = server.proxy.port if server.proxy is not None else server.port
-    return f"127.0.0.1:{port}"
 
 
 @pytest.mark.parametrize(
@@ -156,7 +140,7 @@ async def test_allowed_client_certificate_logs_in(
         return await verify(request)
 
     monkeypatch.setattr(mtls_server.app.authenticator, "verify", spy)
-    verdict = await login_over_new_channel(_target(mtls_server), pki.tls(**names))
+    verdict = await login_over_new_channel(target_of(mtls_server), pki.tls(**names))
     assert verdict.verdict == auth_pb2.VERDICT_ACCEPT, verdict.reason
     assert callers == [identity]
 
@@ -164,13 +148,13 @@ async def test_allowed_client_certificate_logs_in(
 async def test_no_client_certificate_is_refused_at_the_handshake(pki: Pki, mtls_server: RunningServer) -> None:
     """A client that trusts the server but shows no certificate never gets a connection (UNAVAILABLE)."""
     tls = TlsConfig(ca_file=pki.server_ca_file(), server_name=SERVER_NAME)
-    assert await refusal(_target(mtls_server), tls) == grpc.StatusCode.UNAVAILABLE
+    assert await refusal(target_of(mtls_server), tls) == grpc.StatusCode.UNAVAILABLE
 
 
 async def test_certificate_from_an_unknown_ca_is_refused_at_the_handshake(pki: Pki, mtls_server: RunningServer) -> None:
     """An allowlisted name in a certificate the client CA did not sign is refused at the handshake."""
     stranger = trustme.CA()
-    assert await refusal(_target(mtls_server), pki.tls("forged", ca=stranger)) == grpc.StatusCode.UNAVAILABLE
+    assert await refusal(target_of(mtls_server), pki.tls("forged", ca=stranger)) == grpc.StatusCode.UNAVAILABLE
 
 
 async def test_certificate_outside_the_allowlist_is_denied_on_every_rpc(pki: Pki, mtls_server: RunningServer) -> None:
@@ -182,9 +166,9 @@ async def test_certificate_outside_the_allowlist_is_denied_on_every_rpc(pki: Pki
         dns=["proxies.sip.svc", "a.b.proxies.sip.svc", "legacy-proxy"],
         common_name="kamailio-0.proxies.sip.svc",
     )
-    assert await refusal(_target(mtls_server), tls) == grpc.StatusCode.PERMISSION_DENIED
+    assert await refusal(target_of(mtls_server), tls) == grpc.StatusCode.PERMISSION_DENIED
     options = (("grpc.ssl_target_name_override", SERVER_NAME), *OWN_CONNECTION)
-    async with grpc.aio.secure_channel(_target(mtls_server), tls.credentials(), options=options) as channel:
+    async with grpc.aio.secure_channel(target_of(mtls_server), tls.credentials(), options=options) as channel:
         with pytest.raises(grpc.aio.AioRpcError) as health:
             await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
         assert health.value.code() == grpc.StatusCode.PERMISSION_DENIED
@@ -201,15 +185,15 @@ async def test_empty_allowlist_admits_any_certificate_of_the_client_ca(
     pki: Pki, server_factory: Callable[..., Any], port_kind: str
 ) -> None:
     """With no allowed_clients, every certificate the client CA signed may call, and no other."""
-    server: RunningServer = await server_factory(tls=pki.settings(allowed_clients=[]), **_ports(port_kind))
+    server: RunningServer = await server_factory(tls=pki.settings(allowed_clients=[]), **ports_for(port_kind))
     anyone = pki.tls("anyone", dns=["whatever.example.net"])
-    assert (await login_over_new_channel(_target(server), anyone)).verdict == auth_pb2.VERDICT_ACCEPT
-    assert await refusal(_target(server), pki.tls("forged", ca=trustme.CA())) == grpc.StatusCode.UNAVAILABLE
+    assert (await login_over_new_channel(target_of(server), anyone)).verdict == auth_pb2.VERDICT_ACCEPT
+    assert await refusal(target_of(server), pki.tls("forged", ca=trustme.CA())) == grpc.StatusCode.UNAVAILABLE
 
 
 async def test_rotated_certificates_serve_new_handshakes_without_restart(pki: Pki, mtls_server: RunningServer) -> None:
     """After the Secret is swapped on disk (new server CA, new client CA), new connections use the new files only."""
-    target = _target(mtls_server)
+    target = target_of(mtls_server)
     old_tls = pki.tls("kamailio-old")
     async with _client(target, old_tls) as kept:
         assert (await login(kept)).verdict == auth_pb2.VERDICT_ACCEPT
@@ -233,7 +217,7 @@ async def test_unusable_new_files_keep_the_current_certificate(
     pki: Pki, mtls_server: RunningServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A rotated Secret whose key does not match its certificate is logged without key material and not used."""
-    target = _target(mtls_server)
+    target = target_of(mtls_server)
     good = server_files(pki.server_ca, pki.client_ca)
     new_ca = trustme.CA()
     mismatched = {**server_files(new_ca, pki.client_ca), "tls.key": good["tls.key"]}
@@ -348,7 +332,7 @@ async def test_health_port_answers_in_plaintext(pki: Pki, server_factory: Callab
                 method="INVITE"
             )
         assert other.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    async with grpc.aio.insecure_channel(_target(server), options=OWN_CONNECTION) as channel:
+    async with grpc.aio.insecure_channel(target_of(server), options=OWN_CONNECTION) as channel:
         with pytest.raises(grpc.aio.AioRpcError) as plain:
             await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
         assert plain.value.code() == grpc.StatusCode.UNAVAILABLE

@@ -58,15 +58,11 @@ class ChallengePool:
 
         ``fetch`` asks the server for a batch (it may raise grpc.RpcError, passed on).
         """
-        self._own()
+        poolable, entry = self._held(realm, proxy)
+        if not poolable or entry is not None:
+            return entry
         key = (realm, proxy)
         now = self.clock()
-        with self._lock:
-            if self._not_poolable_until.get(key, 0.0) > now:
-                return None
-            entry = self._pop_fresh(key, now)
-            if entry is not None:
-                return entry
         response = fetch()
         if not response.poolable:
             with self._lock:
@@ -82,13 +78,17 @@ class ChallengePool:
 
     def ready(self, realm: str, proxy: bool) -> Pooled | None:
         """A challenge the pool already holds for (realm, proxy), or None: nothing is fetched."""
+        return self._held(realm, proxy)[1]
+
+    def _held(self, realm: str, proxy: bool) -> tuple[bool, Pooled | None]:
+        """Whether (realm, proxy) is pooled now, and a fresh challenge the pool holds for it (if any)."""
         self._own()
         key = (realm, proxy)
         now = self.clock()
         with self._lock:
             if self._not_poolable_until.get(key, 0.0) > now:
-                return None
-            return self._pop_fresh(key, now)
+                return False, None
+            return True, self._pop_fresh(key, now)
 
     def _pop_fresh(self, key: _Key, now: float) -> Pooled | None:
         entries = self._entries.get(key)
