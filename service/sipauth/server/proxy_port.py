@@ -168,20 +168,26 @@ class _Connection(asyncio.Protocol):
             self._flush()
             self._close()
             return
-        for event in events:
-            if isinstance(event, h2.events.DataReceived):
-                self._on_data(event)
-            elif isinstance(event, h2.events.RequestReceived):
-                self._on_request(event)
-            elif isinstance(event, h2.events.StreamEnded):
-                self._on_end(event.stream_id)
-            elif isinstance(event, h2.events.WindowUpdated):
-                self._on_window()
-            elif isinstance(event, h2.events.StreamReset):
-                self._forget(event.stream_id)
-            elif isinstance(event, h2.events.ConnectionTerminated):
-                self._close()
-                return
+        try:
+            for event in events:
+                if isinstance(event, h2.events.DataReceived):
+                    self._on_data(event)
+                elif isinstance(event, h2.events.RequestReceived):
+                    self._on_request(event)
+                elif isinstance(event, h2.events.StreamEnded):
+                    self._on_end(event.stream_id)
+                elif isinstance(event, h2.events.WindowUpdated):
+                    self._on_window()
+                elif isinstance(event, h2.events.StreamReset):
+                    self._forget(event.stream_id)
+                elif isinstance(event, h2.events.ConnectionTerminated):
+                    self._close()
+                    return
+        except Exception:
+            # A bug here, not the peer's fault: this connection ends (its calls with it), the port goes on.
+            log.exception("proxy port: handling a peer's frames failed; closing its connection")
+            self._close()
+            return
         self._flush()
 
     def pause_writing(self) -> None:
