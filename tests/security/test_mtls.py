@@ -260,6 +260,22 @@ def test_plaintext_on_a_non_loopback_address_is_refused(tmp_path: Path, pki: Pki
     assert load_settings(config, environ={"SIPAUTH_TLS": yaml.safe_dump(pki.settings(), default_flow_style=True)})
 
 
+def test_the_proxies_port_follows_the_same_plaintext_rule(tmp_path: Path, pki: Pki) -> None:
+    """proxy_listen beyond loopback needs tls or allow_plaintext, and a port of its own."""
+    config = tmp_path / "sipauth.yaml"
+    config.write_text(yaml.safe_dump({"listen": "127.0.0.1:50051", "proxy_listen": "0.0.0.0:50052"}))
+    with pytest.raises(ConfigError, match=r"proxy_listen: .*tls.*allow_plaintext"):
+        load_settings(config, environ={})
+    assert load_settings(config, environ={"SIPAUTH_ALLOW_PLAINTEXT": "true"}).proxy_listen == "0.0.0.0:50052"
+    assert load_settings(config, environ={"SIPAUTH_TLS": yaml.safe_dump(pki.settings(), default_flow_style=True)})
+    for taken in ("127.0.0.1:50051", "127.0.0.1:8081"):
+        config.write_text(
+            yaml.safe_dump({"listen": "127.0.0.1:50051", "health_listen": "127.0.0.1:8081", "proxy_listen": taken})
+        )
+        with pytest.raises(ConfigError, match="proxy_listen: must differ"):
+            load_settings(config, environ={})
+
+
 @pytest.mark.parametrize("listen", ["127.0.0.1:0", "127.8.9.10:0", "[::1]:0", "localhost:0"])
 def test_plaintext_on_loopback_is_allowed(tmp_path: Path, listen: str) -> None:
     """Loopback addresses (127.0.0.0/8, ::1, localhost) may listen in plaintext without allow_plaintext."""
