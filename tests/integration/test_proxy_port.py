@@ -66,6 +66,9 @@ class RawCall:
         self.h2 = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
         self.h2.initiate_connection()
         self.sock.sendall(self.h2.data_to_send())
+        self.headers: dict[int, dict[str, str]] = {}
+        self.bodies: dict[int, bytes] = {}
+        self.ended: set[int] = set()
 
     def request(self, path: str, *, method: str = "POST", content_type: str = "application/grpc") -> int:
         """Open a stream with these headers; returns its id."""
@@ -87,28 +90,39 @@ class RawCall:
         self.h2.send_data(stream_id, data, end_stream=end)
         self.sock.sendall(self.h2.data_to_send())
 
+    def send_flowing(self, stream_id: int, data: bytes) -> None:
+        """DATA as flow control allows (reading what the server sends meanwhile), until the stream ends."""
+        view = memoryview(data)
+        while view and stream_id not in self.ended:
+            window = min(self.h2.local_flow_control_window(stream_id), self.h2.max_outbound_frame_size)
+            if window <= 0:
+                self._read()
+                continue
+            self.send(stream_id, bytes(view[:window]))
+            view = view[window:]
+
+    def _read(self) -> None:
+        data = self.sock.recv(65536)
+        if not data:
+            raise ConnectionError("the server closed the connection")
+        for event in self.h2.receive_data(data):
+            stream_id = getattr(event, "stream_id", None)
+            if stream_id is None:
+                continue
+            if isinstance(event, h2.events.ResponseReceived | h2.events.TrailersReceived):
+                self.headers.setdefault(stream_id, {}).update(dict(event.headers))
+            elif isinstance(event, h2.events.DataReceived):
+                self.bodies[stream_id] = self.bodies.get(stream_id, b"") + event.data
+                self.h2.acknowledge_received_data(event.flow_controlled_length, stream_id)
+            if isinstance(event, h2.events.StreamEnded | h2.events.StreamReset):
+                self.ended.add(stream_id)
+        self.sock.sendall(self.h2.data_to_send())
+
     def outcome(self, stream_id: int) -> tuple[dict[str, str], bytes]:
         """Headers and trailers of the stream merged, and its response bytes, once it ends."""
-        headers: dict[str, str] = {}
-        body = b""
-        while True:
-            data = self.sock.recv(65536)
-            if not data:
-                raise ConnectionError("the server closed the connection")
-            for event in self.h2.receive_data(data):
-                if getattr(event, "stream_id", None) != stream_id:
-                    continue
-                if isinstance(event, h2.events.ResponseReceived | h2.events.TrailersReceived):
-                    headers.update(dict(event.headers))
-                elif isinstance(event, h2.events.DataReceived):
-                    body += event.data
-                    self.h2.acknowledge_received_data(event.flow_controlled_length, stream_id)
-                if isinstance(event, h2.events.StreamEnded | h2.events.StreamReset) or getattr(
-                    event, "stream_ended", None
-                ):
-                    self.sock.sendall(self.h2.data_to_send())
-                    return headers, body
-            self.sock.sendall(self.h2.data_to_send())
+        while stream_id not in self.ended:
+            self._read()
+        return self.headers.get(stream_id, {}), self.bodies.get(stream_id, b"")
 
     def close(self) -> None:
         """Hang up."""
@@ -238,6 +252,29 @@ async def test_requests_grpcio_never_sends_get_a_grpc_status(
     headers = await _raw(server, scenario)
     assert headers.get("grpc-status") == str(status.value[0]), (label, headers)
     assert headers.get("grpc-message")
+    await _still_serves(server)
+
+
+async def test_unfinished_messages_on_one_connection_are_bounded(server: RunningServer) -> None:
+    """Streams that each hold most of a large message: past MAX_BUFFERED on the connection, RESOURCE_EXHAUSTED."""
+    from sipauth.server.proxy_port import MAX_BUFFERED
+
+    declared = 1_000_000  # within the message limit, never completed
+    sent = 900_000
+
+    def scenario(call: RawCall) -> list[str]:
+        streams = []
+        for _ in range(MAX_BUFFERED // sent + 2):
+            stream = call.request(EXCHANGE_PATH)
+            call.send_flowing(stream, struct.pack(">BI", 0, declared) + b"\0" * sent)
+            streams.append(stream)
+        # The stream that went over is answered (and reset) while it still sends; those before it wait.
+        headers, _ = call.outcome(streams[-2])
+        return [headers.get("grpc-status", ""), str(len([s for s in streams if s in call.ended]))]
+
+    status, ended = await _raw(server, scenario)
+    assert status == str(grpc.StatusCode.RESOURCE_EXHAUSTED.value[0])
+    assert ended == "2"  # the stream that went over, and the next one once it went over too
     await _still_serves(server)
 
 

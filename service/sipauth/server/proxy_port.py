@@ -69,6 +69,11 @@ MAX_STREAMS = 128
 #: Calls in flight on one connection beyond which it is not read until some are answered.
 MAX_IN_FLIGHT = 4 * EXCHANGE_IN_FLIGHT
 _MAX_HEADER_LIST = 16 << 10
+#: Unfinished messages one connection may hold at once, all its streams together (data is acknowledged
+#: as it arrives, so flow control alone would not bound it): past it, the stream that goes over is refused.
+MAX_BUFFERED = 8 << 20
+# Below this a stream's unfinished message is not worth adding up the connection's.
+_BUFFER_CHECK = 64 << 10
 #: How long a refused call's answer waits for its request to begin.
 _REFUSAL_DELAY = 0.1
 _WINDOW = 1 << 20
@@ -237,6 +242,10 @@ class _Connection(asyncio.Protocol):
             return
         stream.buffer += event.data or b""
         buffer = stream.buffer
+        if len(buffer) > _BUFFER_CHECK and sum(len(other.buffer) for other in self._streams.values()) > MAX_BUFFERED:
+            buffer.clear()
+            self._refuse(stream, grpc.StatusCode.RESOURCE_EXHAUSTED, "too much unfinished data on this connection")
+            return
         limit = self._port.max_message
         while len(buffer) >= _PREFIX.size:
             compressed, length = _PREFIX.unpack_from(buffer)
@@ -359,6 +368,7 @@ class _Connection(asyncio.Protocol):
         if stream.closed or self._closed:
             return
         stream.closed = True
+        stream.buffer.clear()
         for task in stream.tasks:
             task.cancel()
         if not stream.headers_sent:
