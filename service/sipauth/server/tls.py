@@ -1,7 +1,8 @@
 """Server TLS credentials that follow their files on disk.
 
 gRPC asks :meth:`CertificateFiles.fetch` for a new certificate configuration
-on every incoming handshake. At most once per ``reload_interval_seconds`` it
+on every incoming handshake (the proxies' port does the same through
+:class:`ReloadingContext`). At most once per ``reload_interval_seconds`` it
 stats the files (following symlinks: a Kubernetes Secret rotation swaps the
 ``..data`` symlink, which changes the inode) and, when one changed, reads and
 checks the new set. A good set serves every handshake from then on;
