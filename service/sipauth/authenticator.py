@@ -260,8 +260,8 @@ class Authenticator:
             challenge.header_name,
             challenge.header_values,
             challenge.nonce_ttl_seconds,
-            more,
-            True,
+            additional=more,
+            poolable=True,
         )
 
     def _challenge(

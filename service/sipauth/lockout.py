@@ -120,14 +120,10 @@ class LockoutStore(Protocol):
         ...
 
 
-def _user_hash(realm: str, username: str) -> str:
-    return hashlib.sha256(f"{realm}\0{username}".encode("utf-8", "surrogatepass")).hexdigest()[:24]
-
-
 @functools.lru_cache(maxsize=4096)
-def _cached_scope_keys(realm: str, username: str, source_ip: str) -> tuple[tuple[str, str], ...]:
-    # A user calls from the same address again and again: its keys (a hash each) are made once.
-    return tuple(scope_keys(realm, username, source_ip).items())
+def _user_hash(realm: str, username: str) -> str:
+    # Kept: the same users answer again and again, and each check needs their keys.
+    return hashlib.sha256(f"{realm}\0{username}".encode("utf-8", "surrogatepass")).hexdigest()[:24]
 
 
 def scope_keys(realm: str, username: str, source_ip: str) -> dict[str, str]:
@@ -350,7 +346,7 @@ class Lockout:
     clock: Callable[[], float] = time.time
 
     def _scopes(self, realm: str, username: str, source_ip: str) -> list[Scope]:
-        keys = dict(_cached_scope_keys(realm, username, source_ip))
+        keys = scope_keys(realm, username, source_ip)
         scopes = []
         if "user_ip" in keys:
             scopes.append(Scope(keys["user_ip"], self.policy.threshold, "user_ip"))

@@ -122,18 +122,16 @@ class TurnBuffered(logging.StreamHandler):  # type: ignore[type-arg]
     def emit(self, record: logging.LogRecord) -> None:
         """Format ``record`` now; write it at the end of this turn of the loop (or now, outside it)."""
         try:
-            line = self.format(record) + self.terminator
+            line = self.format(record)
         except Exception:  # logging's own contract: a bad record never breaks the caller
             self.handleError(record)
             return
         loop = self.running_loop()
+        if loop is not None:
+            self.emit_line(line, loop)
+            return
         with self.lock:  # type: ignore[union-attr]
-            self._lines.append(line)
-            if loop is not None:
-                if not self._flush_due:
-                    self._flush_due = True
-                    loop.call_soon(self._write_lines, record)
-                return
+            self._lines.append(line + self.terminator)
         self._write_lines(record)
 
     def emit_line(self, line: str, loop: asyncio.AbstractEventLoop) -> None:
@@ -161,10 +159,8 @@ class TurnBuffered(logging.StreamHandler):  # type: ignore[type-arg]
 
     def close(self) -> None:
         """Write what is buffered, then close."""
-        with self.lock:  # type: ignore[union-attr]
-            lines, self._lines = self._lines, []
-            if lines and self.stream is not None:
-                self._write("".join(lines))
+        if self.stream is not None:
+            self._write_lines(None)
         super().close()
 
 

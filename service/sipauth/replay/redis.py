@@ -157,10 +157,9 @@ class DirectPipeline:
     async def run(self, commands: Sequence[Command], bound: float | None = None) -> list[Any]:
         """The replies to ``commands``; raises the first error reply, or the connection's failure.
 
-        ``bound`` (seconds) bounds each round trip (a timer on the call's own answer; the
-        caller's asyncio.timeout does the same at the cost of a task lookup and
-        two getpid system calls): past it the connection is dropped and the call
-        fails with TimeoutError, as when a caller gives up.
+        ``bound`` (seconds) bounds each round trip with a timer on the call's own
+        answer: past it the connection is dropped and the call fails with
+        TimeoutError, as when a caller gives up.
         """
         replies = await self._send(commands, bound)
         if any(isinstance(reply, redis.exceptions.NoScriptError) for reply in replies):
@@ -348,15 +347,16 @@ class RedisReplayGuard:
         """Record the use; True if fresh, False if replayed."""
         ttl_ms = max(1, math.ceil(ttl * 1000))
         started = time.perf_counter()
-        direct = self._direct
         try:
-            if direct is not None and direct.connected and not self._slots.locked():
-                # As in consume_reading: bounded by the pipeline's own timer.
+            if self._direct is not None:
                 command = ("EVALSHA", self._script.sha, 1, replay_key(replay_id), nc or 0, ttl_ms)
-                async with self._slots:
-                    result = (await direct.run([command], self._timeout))[0]
+                result = (await self._run_direct([command]))[0]
             else:
-                result = await self._consume_bounded(replay_id, nc, ttl_ms)
+                async with asyncio.timeout(self._timeout), self._slots:
+                    if self._wait_replicas:
+                        result = await self._consume_replicated(replay_key(replay_id), [nc or 0, ttl_ms])
+                    else:
+                        result = await self._script(keys=[replay_key(replay_id)], args=[nc or 0, ttl_ms])
         except (redis.exceptions.RedisError, OSError) as exc:
             # OSError covers TimeoutError, raised by asyncio.timeout.
             BACKEND_ERRORS.labels("redis", "consume").inc()
@@ -368,14 +368,17 @@ class RedisReplayGuard:
             _CONSUME_LATENCY.observe(time.perf_counter() - started)
         return int(result) == 1
 
-    async def _consume_bounded(self, replay_id: str, nc: int | None, ttl_ms: int) -> Any:
+    async def _run_direct(self, commands: Sequence[Command]) -> list[Any]:
+        """``commands`` on the direct pipeline, within a slot and the timeout."""
+        direct = self._direct
+        assert direct is not None
+        if direct.connected and not self._slots.locked():
+            # The common case, nothing to wait for but the answer: bounded by the pipeline's own timer
+            # (asyncio.timeout costs a task lookup and two getpid system calls).
+            async with self._slots:
+                return await direct.run(commands, self._timeout)
         async with asyncio.timeout(self._timeout), self._slots:
-            if self._direct is not None:
-                command = ("EVALSHA", self._script.sha, 1, replay_key(replay_id), nc or 0, ttl_ms)
-                return (await self._direct.run([command]))[0]
-            if self._wait_replicas:
-                return await self._consume_replicated(replay_key(replay_id), [nc or 0, ttl_ms])
-            return await self._script(keys=[replay_key(replay_id)], args=[nc or 0, ttl_ms])
+            return await direct.run(commands)
 
     @property
     def pipelines_reads(self) -> bool:
@@ -399,15 +402,8 @@ class RedisReplayGuard:
         commands: list[Command] = [("HMGET", read, *fields) for read in keys]
         commands.append(("EVALSHA", self._script.sha, 1, replay_key(replay_id), nc or 0, ttl_ms))
         started = time.perf_counter()
-        direct = self._direct
         try:
-            if direct.connected and not self._slots.locked():
-                # The common case: nothing to wait for but the answer, bounded by the pipeline's own timer.
-                async with self._slots:
-                    results = await direct.run(commands, self._timeout)
-            else:
-                async with asyncio.timeout(self._timeout), self._slots:
-                    results = await direct.run(commands)
+            results = await self._run_direct(commands)
         except (redis.exceptions.RedisError, OSError) as exc:
             BACKEND_ERRORS.labels("redis", "consume").inc()
             raise _failure(exc) from exc

@@ -41,7 +41,7 @@ import ssl
 import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import cast
 from urllib.parse import quote
 
 import grpc
@@ -78,9 +78,9 @@ _BUFFER_CHECK = 64 << 10
 _REFUSAL_DELAY = 0.1
 _WINDOW = 1 << 20
 _EXCHANGE = f"/{SERVICE_NAME}/Exchange"
-_UNARY: dict[str, tuple[str, type[Message]]] = {
-    f"/{SERVICE_NAME}/IssueChallenge": ("IssueChallenge", auth_pb2.IssueChallengeRequest),
-    f"/{SERVICE_NAME}/VerifyResponse": ("VerifyResponse", auth_pb2.VerifyResponseRequest),
+_UNARY: dict[str, type[Message]] = {
+    f"/{SERVICE_NAME}/IssueChallenge": auth_pb2.IssueChallengeRequest,
+    f"/{SERVICE_NAME}/VerifyResponse": auth_pb2.VerifyResponseRequest,
 }
 _RESPONSE_HEADERS = ((b":status", b"200"), (b"content-type", b"application/grpc"))
 _OK_TRAILERS = ((b"grpc-status", b"0"),)
@@ -302,16 +302,15 @@ class _Connection(asyncio.Protocol):
         self._send_message(stream, response.SerializeToString())
 
     def _unary(self, stream: _Stream, data: bytes) -> None:
-        rpc, request_type = _UNARY[stream.path]
         try:
-            request = request_type.FromString(data)
+            request = _UNARY[stream.path].FromString(data)
         except DecodeError:
             self._refuse(stream, grpc.StatusCode.INVALID_ARGUMENT, "request is not a valid protobuf message")
             return
-        self._start(stream, self._answer_unary(stream, rpc, request))
+        self._start(stream, self._answer_unary(stream, request))
 
-    async def _answer_unary(self, stream: _Stream, rpc: str, request: Any) -> None:
-        response, code, details = await self._servicer.unary_one(rpc, request, stream.request_id)
+    async def _answer_unary(self, stream: _Stream, request: Message) -> None:
+        response, code, details = await self._servicer.unary_one(request, stream.request_id)
         request_id = (b"x-request-id", stream.request_id.encode("ascii", "replace"))
         if response is None:
             self._end(stream, (*_status_trailers(code, details), request_id))
@@ -327,7 +326,6 @@ class _Connection(asyncio.Protocol):
         )
         stream.tasks.add(task)
         self._in_flight += 1
-        self._port.in_flight += 1
         if self._in_flight >= MAX_IN_FLIGHT:
             self._pause()
         task.add_done_callback(lambda done: self._done(stream, done))
@@ -335,9 +333,7 @@ class _Connection(asyncio.Protocol):
     def _done(self, stream: _Stream, task: asyncio.Task[None]) -> None:
         stream.tasks.discard(task)
         self._in_flight -= 1
-        self._port.in_flight -= 1
-        if self._in_flight < MAX_IN_FLIGHT // 2:
-            self._resume()
+        self._resume()
         if not task.cancelled() and task.exception() is not None:
             # The servicer maps every failure to a status; this is a bug here: fail the call, not the process.
             log.error("proxy port: answering a call failed", exc_info=task.exception())
@@ -549,7 +545,6 @@ class ProxyPort:
     #: Set when, draining, the last connection has closed.
     closed: asyncio.Event = field(default_factory=asyncio.Event)
     draining: bool = False
-    in_flight: int = 0
     port: int = 0
 
     def admit(self, transport: asyncio.BaseTransport) -> str | None:

@@ -299,14 +299,12 @@ class AuthServicer:
             for task in tasks:
                 task.cancel()
 
-    async def unary_one(
-        self, rpc: str, request: Message, request_id: str
-    ) -> tuple[Message | None, grpc.StatusCode, str]:
+    async def unary_one(self, request: Message, request_id: str) -> tuple[Message | None, grpc.StatusCode, str]:
         """One IssueChallenge or VerifyResponse outside grpc.aio: (response, OK, "") or (None, code, details)."""
         if isinstance(request, auth_pb2.VerifyResponseRequest):
-            return await _observed(rpc, request_id, *self._verify_call(request))
+            return await _observed("VerifyResponse", request_id, *self._verify_call(request))
         assert isinstance(request, auth_pb2.IssueChallengeRequest)
-        return await _observed(rpc, request_id, self._challenge_call(request))
+        return await _observed("IssueChallenge", request_id, self._challenge_call(request))
 
     async def exchange_one(self, message: auth_pb2.ExchangeRequest, request_id: str) -> auth_pb2.ExchangeResponse:
         """The answer to one Exchange message: its call's response, or its call's error."""
