@@ -331,6 +331,41 @@ async def test_shutdown_answers_the_calls_in_flight_and_refuses_new_ones(server:
         client.close()
 
 
+async def test_a_draining_exchange_stream_takes_no_new_message(server: RunningServer) -> None:
+    """Once shutdown starts, an open Exchange stream answers what it has, ignores what comes after, and ends OK."""
+    decide = server.app.authenticator.verify
+    entered = asyncio.Event()
+
+    async def slow(request: Any) -> Any:
+        entered.set()
+        await asyncio.sleep(0.5)
+        return await decide(request)
+
+    server.app.authenticator.verify = slow  # type: ignore[method-assign]
+    verify = auth_pb2.VerifyResponseRequest(method="REGISTER", request_uri=URI)
+    first = _grpc_message(auth_pb2.ExchangeRequest(id=1, verify_response=verify).SerializeToString())
+    late = _grpc_message(auth_pb2.ExchangeRequest(id=2, verify_response=verify).SerializeToString())
+    call = RawCall(_proxy(server))
+    try:
+        stream = call.request(EXCHANGE_PATH)
+        call.send(stream, first)
+        await entered.wait()
+        stopping = asyncio.create_task(server.stop(5))
+        await asyncio.sleep(0.1)  # the drain has begun: the stream takes no new message
+        call.send(stream, late)
+        headers, body = await asyncio.to_thread(call.outcome, stream)
+        await stopping
+    finally:
+        call.close()
+    assert headers.get("grpc-status") == "0"
+    answers = []
+    while body:
+        _flag, length = struct.unpack(">BI", body[:5])
+        answers.append(auth_pb2.ExchangeResponse.FromString(body[5 : 5 + length]).id)
+        body = body[5 + length :]
+    assert answers == [1]
+
+
 def test_workers_share_the_proxy_port(
     sipauth_process: Callable[..., SipauthProcess], redis_server: RedisServer, tmp_path: Path
 ) -> None:

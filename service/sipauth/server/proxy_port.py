@@ -240,6 +240,8 @@ class _Connection(asyncio.Protocol):
         if stream.refusal is not None:
             self._refuse(stream, *stream.refusal)
             return
+        if stream.remote_ended:
+            return  # an Exchange stream of a draining server takes no new message (drain())
         stream.buffer += event.data or b""
         buffer = stream.buffer
         if len(buffer) > _BUFFER_CHECK and sum(len(other.buffer) for other in self._streams.values()) > MAX_BUFFERED:
