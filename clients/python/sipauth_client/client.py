@@ -36,6 +36,7 @@ from .proxy import (
     decision_for,
     failure_decision,
     pass_through,
+    pooled_challenge_decision,
     select_credentials,
     verify_request_for,
 )
@@ -400,7 +401,7 @@ class SipauthClient:
         if not self._pool.enabled:
             return None
         pooled = self._pool.ready(realm, proxy)
-        return None if pooled is None else challenge_decision(proxy, *pooled)
+        return None if pooled is None else pooled_challenge_decision(proxy, *pooled)
 
     def _fetch_batch(self, request: ProxyRequest) -> auth_pb2.IssueChallengeResponse:
         return self.issue_challenge(

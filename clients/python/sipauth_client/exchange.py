@@ -50,9 +50,6 @@ _PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 _UINT32 = struct.Struct(">I")
 # A frame header: length (24 bits) and type share the first word, then flags and stream id.
 _FRAME_HEADER = struct.Struct(">IBI")
-# A DATA frame's header followed by the gRPC message prefix (not compressed, length): a call's
-# whole message usually fits one frame, and then both are packed at once.
-_DATA_MESSAGE_HEADER = struct.Struct(">IBIBI")
 _GRPC_PREFIX = struct.Struct(">BI")
 # Frame types (RFC 9113 section 6).
 _DATA, _HEADERS, _PRIORITY, _RST_STREAM, _SETTINGS, _PUSH_PROMISE, _PING, _GOAWAY, _WINDOW_UPDATE, _CONTINUATION = (
@@ -369,17 +366,6 @@ class ExchangeConnection:
         return not self._goaway
 
     def _send_message(self, body: bytes, deadline: float) -> None:
-        size = len(body) + 5
-        if (
-            self._ended is None
-            and size <= self._send_window
-            and size <= self._stream_send_window
-            and size <= self._peer_max_frame
-        ):
-            self._send_window -= size
-            self._stream_send_window -= size
-            self._send(_DATA_MESSAGE_HEADER.pack(size << 8 | _DATA, 0, self._stream, 0, len(body)) + body)
-            return
         view = memoryview(_GRPC_PREFIX.pack(0, len(body)) + body)
         while view:
             if self._ended is not None:

@@ -40,6 +40,7 @@ __all__ = [
     "decision_for",
     "failure_decision",
     "pass_through",
+    "pooled_challenge_decision",
     "select_credentials",
     "verify_request_for",
 ]
@@ -244,9 +245,13 @@ def decision_for(
     return _reply(500, verdict, response.reason or "unknown_verdict", [("Retry-After", "5")], fault=True)
 
 
-def challenge_decision(request: ProxyRequest | bool, header_name: str, values: Sequence[str]) -> ProxyDecision:
-    """The 401/407 for a request without credentials (or for ``proxy``), from a challenge kept in the client's pool."""
-    proxy = request if isinstance(request, bool) else request.proxy
+def challenge_decision(request: ProxyRequest, header_name: str, values: Sequence[str]) -> ProxyDecision:
+    """The 401/407 for a request without credentials, from a challenge kept in the client's pool."""
+    return pooled_challenge_decision(request.proxy, header_name, values)
+
+
+def pooled_challenge_decision(proxy: bool, header_name: str, values: Sequence[str]) -> ProxyDecision:
+    """The 401 (407 with ``proxy``) for a request without credentials, from a pooled challenge."""
     status = 407 if proxy else 401
     return _reply(status, "REJECT", "credentials_missing", [(header_name, value) for value in values])
 
